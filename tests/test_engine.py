@@ -1,0 +1,82 @@
+"""The real vLLM CPU engine: a tiny random-weight Llama in this process, SmolLM2 in a subprocess."""
+import json
+from pathlib import Path
+
+import pytest
+
+from generation.engine import ChatRequest, Engine, ModelSpec
+from generation.tiny import make_tiny_llama
+
+from .helpers import run_py
+
+SCHEMA = {"type": "object",
+          "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "likes": {"type": "array", "items": {"enum": ["tea", "coffee", "water"]}, "maxItems": 3}},
+          "required": ["name", "age", "likes"], "additionalProperties": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return Engine(ModelSpec(path=str(tiny_model), dtype="float32", max_model_len=1024, kv_cache_gib=0.25))
+
+
+def _req(i, **kw):
+    kw = {"max_tokens": 24, **kw}
+    return ChatRequest(id=f"r{i}", seed=1000 + i,
+                       messages=[{"role": "system", "content": "You are helpful."},
+                                 {"role": "user", "content": f"Tell me about {i}."}], **kw)
+
+
+def test_chat_answers(engine):
+    res = engine.generate([_req(i) for i in range(8)])
+    assert [r.id for r in res] == [f"r{i}" for i in range(8)]
+    for r in res:
+        assert r.text and r.output_tokens > 0 and r.prompt_tokens > 5
+        assert r.finish_reason in ("stop", "length")
+
+
+def test_json_schema_batch(engine):
+    import jsonschema
+    res = engine.generate([_req(i, schema=SCHEMA, max_tokens=96) for i in range(16)])
+    for r in res:
+        jsonschema.validate(json.loads(r.text), SCHEMA)
+
+
+def test_alone_equals_in_batch_and_seed_matters(engine):
+    batch = engine.generate([_req(i, temperature=1.0) for i in range(12)])
+    alone = engine.generate([_req(5, temperature=1.0)])
+    assert alone[0].text == batch[5].text
+    other_seed = engine.generate([ChatRequest(**{**_req(5, temperature=1.0).__dict__, "seed": 99})])
+    assert other_seed[0].text != batch[5].text
+
+
+def test_two_processes_byte_identical(tmp_path, tiny_model):
+    from .helpers import recipe_text
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_text(tiny_model))
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"out{k}.json"
+        p = run_py(["tests/workers/run_asks.py", recipe, tmp_path / f"store{k}.sqlite", 24, out, "schema"])
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert len(json.loads(outs[0])["results"]) == 24
+
+
+@pytest.mark.slow
+def test_smollm2_answers_in_english(tmp_path):
+    code = ("from generation.models import prepare_smollm2\n"
+            "from generation.engine import Engine, ModelSpec, ChatRequest\n"
+            "e = Engine(ModelSpec(path=str(prepare_smollm2()), dtype='bfloat16', max_model_len=1024, kv_cache_gib=0.25))\n"
+            "r = e.generate([ChatRequest(id='x', seed=1, temperature=0.0, max_tokens=24, messages=[{'role': 'user', 'content': 'What is the capital of France?'}])])\n"
+            "print('ANSWER:' + r[0].text)\n")
+    p = run_py(["-c", code])
+    assert p.returncode == 0, p.stderr[-3000:]
+    answer = p.stdout.split("ANSWER:", 1)[1]
+    assert "Paris" in answer
