@@ -69,6 +69,8 @@ class PairsConfig:
     n_train: int = 100               # of those, split "train"; the rest "test_seen"
     n_unseen: int = 50               # held-out prompts per persona ("test_unseen")
     length_control: float | None = None  # e.g. 0.15: revision within +-15% of the answer's length
+    structured: bool = False         # critique/revision as JSON (structured output) instead of the paper's text headers
+    cap_to_pool: bool = False        # fewer prompts than asked for: shrink the per-persona counts instead of failing
 
 
 @dataclass(frozen=True)

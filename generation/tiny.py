@@ -39,7 +39,7 @@ def make_tiny_llama(out: str | Path, seed: int = 0, vocab_size: int = 2048) -> P
     fast.save_pretrained(out)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=8192,
                       bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     (out / "TINY.json").write_text(json.dumps({"seed": seed, "vocab_size": vocab_size}) + "\n")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def recipe_text(model_dir: str | Path, *, personas: int = 4, extra: str = "", classify_limit: int = 24,
                 train_per_persona: int = 3, n_train: int = 2, n_unseen: int = 1, seed: int = 7,
                 census: str | None = None, prism: str | None = None, chunk_size: int = 16,
-                max_tokens: int = 48) -> str:
+                max_tokens: int = 48, max_model_len: int = 8192) -> str:
     shared = Path(os.environ.get("PERSONA_SHARED_DATA", ROOT.parent / "shared" / "data"))
     census = census or str(shared / "census" / "acs-pums-2024-1yr")
     prism = prism or str(shared / "prism" / "prism_opening_prompts.json")
@@ -34,6 +34,8 @@ classify_limit = {classify_limit}
 train_per_persona = {train_per_persona}
 n_train = {n_train}
 n_unseen = {n_unseen}
+structured = true
+cap_to_pool = true
 
 [output]
 chunk_size = {chunk_size}
@@ -42,7 +44,7 @@ chunk_size = {chunk_size}
 id = "test/model"
 path = "{model_dir}"
 dtype = "float32"
-max_model_len = 2048
+max_model_len = {max_model_len}
 kv_cache_gib = 0.25
 {roles}
 {extra}
