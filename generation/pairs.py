@@ -1,0 +1,402 @@
+"""Preference pairs (PERSONA, arXiv 2407.17387, section 3.3 and appendix): for every assigned
+(persona, prompt) pair
+
+1. rejected: the "responder" answers the bare question, without the persona. The answer does not
+   depend on the persona, so there is one request per distinct prompt (key `rejected/<prompt_id>`),
+   shared by every persona that got the prompt: ~80x fewer responder calls at paper scale (317,200
+   pairs, 3,868 prompts). The paper also generated this answer without the persona.
+2. critique: the "critic" reads the persona, the question and that answer, says how the answer does
+   and does not resonate with the persona and suggests changes (`EVALUATION: ... SUGGESTIONS: ...`).
+3. chosen: the "reviser" rewrites the answer following the critique, subtly, without naming the
+   persona's attributes (`REVISED PREFERENCE: ...`).
+
+Critic and reviser requests carry the persona first in the system message followed by a fixed
+instruction, so all requests of one persona share a prefix (vLLM prefix cache); asks are ordered by
+persona. A pair whose step fails is a reject (step, reason, raw text kept), never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+
+import pandas as pd
+
+from .engine import Ask, Outcome
+
+
+class PairsError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+CRITIC_INSTRUCTION = (
+    "You know the person described above well. Someone showed them a question and an AI assistant's "
+    "answer to it. Evaluate the answer from this person's point of view: how it does and does not "
+    "resonate with their background, values, circumstances and preferences (content, tone, level of "
+    "detail, what it takes for granted). Then suggest specific changes that would make it an answer "
+    "this person would prefer.\n\n"
+    "Reply in exactly this format:\n"
+    "EVALUATION: <how the answer does and does not resonate with the person>\n"
+    "SUGGESTIONS: <the specific changes to make>"
+)
+
+REVISER_INSTRUCTION = (
+    "You will be given a question, an AI assistant's answer to it, and a critique of how well the answer "
+    "suits the person described above. Rewrite the answer following the critique's suggestions so that "
+    "this person would prefer it. Change it subtly: keep what already works, stay helpful and accurate, "
+    "and never mention or allude to the person's attributes (no \"as a ...\", nothing about their age, "
+    "job, family, location or beliefs). Address the answer to the person who asked, as the assistant.\n\n"
+    "Reply in exactly this format:\n"
+    "REVISED PREFERENCE: <the rewritten answer>"
+)
+
+
+# Structured variants (recipe option pairs.structured): the same two parts as JSON, so a small model
+# cannot lose a header; the table stores the same canonical text either way.
+CRITIQUE_SCHEMA = {
+    "type": "object",
+    "properties": {"evaluation": {"type": "string", "minLength": 1, "maxLength": 2000},
+                   "suggestions": {"type": "string", "minLength": 1, "maxLength": 1500}},
+    "required": ["evaluation", "suggestions"], "additionalProperties": False,
+}
+REVISION_SCHEMA = {
+    "type": "object",
+    "properties": {"revised_preference": {"type": "string", "minLength": 1, "maxLength": 6000}},
+    "required": ["revised_preference"], "additionalProperties": False,
+}
+JSON_FORMAT = {
+    "critic": 'Reply as JSON: {"evaluation": "<how the answer does and does not resonate with the person>", '
+              '"suggestions": "<the specific changes to make>"}',
+    "reviser": 'Reply as JSON: {"revised_preference": "<the rewritten answer>"}',
+}
+
+
+def _instruction(text_instruction: str, role: str, structured: bool) -> str:
+    if not structured:
+        return text_instruction
+    return text_instruction.split("Reply in exactly this format:")[0] + JSON_FORMAT[role]
+
+
+def persona_system(persona: str, instruction: str) -> str:
+    # persona first: every request of one persona (and role) starts with the same tokens
+    return f"PERSONA:\n{persona.strip()}\n\n{instruction}"
+
+
+def rejected_ask(prompt_id: str, question: str) -> Ask:
+    return Ask(key=f"rejected/{prompt_id}", messages=[{"role": "user", "content": question}])
+
+
+def critique_ask(pair_id: str, persona: str, question: str, rejected: str, structured: bool = False) -> Ask:
+    return Ask(key=f"critique/{pair_id}", messages=[
+        {"role": "system", "content": persona_system(persona, _instruction(CRITIC_INSTRUCTION, "critic", structured))},
+        {"role": "user", "content": f"QUESTION:\n{question}\n\nANSWER:\n{rejected}"},
+    ], schema=CRITIQUE_SCHEMA if structured else None)
+
+
+def word_bounds(rejected: str, fraction: float) -> tuple[int, int, int]:
+    """(target, low, high) word counts for a revision within +-fraction of the rejected answer."""
+    n = len(rejected.split())
+    return n, math.floor(n * (1 - fraction)), math.ceil(n * (1 + fraction))
+
+
+HEADER_TOKENS = 16  # room for "REVISED PREFERENCE:" on top of the length-controlled answer
+
+
+def revise_ask(pair_id: str, persona: str, question: str, rejected: str, critique: str,
+               length_control: float | None = None, rejected_tokens: int | None = None,
+               attempt: int = 0, feedback: str | None = None, structured: bool = False) -> Ask:
+    """The reviser's request. Per-pair parts (length target, feedback on a failed attempt) go at the
+    end of the user message so the system message, and so the cached prefix, stays the same."""
+    user = f"QUESTION:\n{question}\n\nANSWER:\n{rejected}\n\nCRITIQUE:\n{critique}"
+    max_tokens = None
+    if length_control is not None:
+        target, low, high = word_bounds(rejected, length_control)
+        user += f"\n\nLENGTH: about {target} words (between {low} and {high})."
+        if rejected_tokens:
+            max_tokens = math.ceil(rejected_tokens * (1 + length_control)) + HEADER_TOKENS
+    if feedback:
+        user += f"\n\nNOTE: {feedback}"
+    key = f"revise/{pair_id}" if attempt == 0 else f"revise/{pair_id}/retry{attempt}"
+    return Ask(key=key, messages=[
+        {"role": "system", "content": persona_system(persona, _instruction(REVISER_INSTRUCTION, "reviser", structured))},
+        {"role": "user", "content": user},
+    ], max_tokens=max_tokens, schema=REVISION_SCHEMA if structured else None)
+
+
+# --------------------------------------------------------------------------------------------- parsers
+
+_MD = r"(?:\*\*|__|\*|_)?"  # optional markdown emphasis around a header
+
+
+def _header(name: str) -> re.Pattern:
+    """A header at the start of a line: `NAME:`, `**Name:**`, `**Name**:`, `## Name` (own line), ..."""
+    return re.compile(rf"^[ \t>]*(?:#{{1,6}}[ \t]*)?{_MD}[ \t]*{name}[ \t]*{_MD}[ \t]*(?::|$){_MD}[ \t]*",
+                      re.IGNORECASE | re.MULTILINE)
+
+
+_EVALUATION = _header("EVALUATION")
+_SUGGESTIONS = _header("SUGGESTIONS?")
+_REVISED = _header(r"REVISED[ \t]+PREFERENCE")
+
+
+_RULE_LINES = re.compile(r"(?:\n[ \t]*[-*_#=]+[ \t]*)+$")
+
+
+def _clean(part: str) -> str:
+    # a markdown rule ("---", "***") or lone emphasis marks closing a section are not content
+    part = _RULE_LINES.sub("", "\n" + part.strip()).strip()
+    if part.count("**") % 2:  # "**EVALUATION: text**" leaves an unpaired closing "**"
+        part = (part[:-2] if part.endswith("**") else part.removeprefix("**")).strip()
+    return part
+
+
+def parse_critique(text: str) -> dict:
+    """`EVALUATION: ... SUGGESTIONS: ...` -> {"evaluation", "suggestions"} (headers case-insensitive,
+    markdown bold/headings tolerated, either order, text before the first header ignored), or the
+    structured variant's JSON object."""
+    if text.lstrip().startswith("{"):
+        obj = _json_object(text, ("evaluation", "suggestions"))
+        return {"evaluation": obj["evaluation"], "suggestions": obj["suggestions"]}
+    ev, su = _EVALUATION.search(text), _SUGGESTIONS.search(text)
+    if ev is None:
+        raise ValueError("missing EVALUATION")
+    if su is None:
+        raise ValueError("missing SUGGESTIONS")
+    if ev.start() < su.start():
+        evaluation, suggestions = text[ev.end():su.start()], text[su.end():]
+    else:
+        suggestions, evaluation = text[su.end():ev.start()], text[ev.end():]
+    evaluation, suggestions = _clean(evaluation), _clean(suggestions)
+    if not evaluation:
+        raise ValueError("empty EVALUATION")
+    if not suggestions:
+        raise ValueError("empty SUGGESTIONS")
+    return {"evaluation": evaluation, "suggestions": suggestions}
+
+
+def format_critique(c: dict) -> str:
+    """The canonical text of a parsed critique (what the reviser sees and the table stores)."""
+    return f"EVALUATION: {c['evaluation']}\nSUGGESTIONS: {c['suggestions']}"
+
+
+def parse_revision(text: str) -> str:
+    """`REVISED PREFERENCE: ...` -> the revised answer (header case-insensitive, markdown tolerated),
+    or the structured variant's JSON object."""
+    if text.lstrip().startswith("{"):
+        return _json_object(text, ("revised_preference",))["revised_preference"]
+    m = _REVISED.search(text)
+    if m is None:
+        raise ValueError("missing REVISED PREFERENCE")
+    answer = _clean(text[m.end():])
+    if not answer:
+        raise ValueError("empty REVISED PREFERENCE")
+    return answer
+
+
+def _json_object(text: str, keys: tuple[str, ...]) -> dict:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e.msg}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("invalid JSON: not an object")
+    out = {}
+    for k in keys:
+        v = obj.get(k)
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"empty {k.upper()}")
+        out[k] = v.strip()
+    return out
+
+
+def parse_answer(text: str) -> str:
+    answer = text.strip()
+    if not answer:
+        raise ValueError("empty answer")
+    return answer
+
+
+def check_revision(chosen: str, rejected: str, length_control: float | None) -> None:
+    """Pair-specific checks `parse` cannot do (it sees only the text): raise ValueError("identical")
+    or ValueError("length")."""
+    if " ".join(chosen.split()) == " ".join(rejected.split()):
+        raise ValueError("identical")
+    if length_control is not None:
+        _, low, high = word_bounds(rejected, length_control)
+        if not low <= len(chosen.split()) <= high:
+            raise ValueError("length")
+
+
+FEEDBACK = {
+    "identical": "Your previous rewrite repeated the answer unchanged. Make the changes the critique suggests.",
+    "length": "Your previous rewrite had {words} words; keep it between {low} and {high} words.",
+}
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "rejected",
+           "critique", "chosen", "rejected_tokens", "chosen_tokens"]
+SPLIT_ORDER = {"train": 0, "test_seen": 1, "test_unseen": 2}
+
+
+def _check_inputs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame) -> None:
+    for name, df, cols in (("personas", personas, ["persona_id", "persona"]),
+                           ("prompts", prompts, ["prompt_id", "text"]),
+                           ("assignment", assignment, ["pair_id", "persona_id", "prompt_id", "split"])):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise PairsError(f"build_pairs: {name} lacks column(s) {', '.join(missing)}")
+    if assignment.pair_id.duplicated().any():
+        raise PairsError("build_pairs: duplicate pair_id in the assignment")
+    for name, ids, known in (("persona_id", assignment.persona_id, personas.persona_id),
+                             ("prompt_id", assignment.prompt_id, prompts.prompt_id)):
+        unknown = sorted(set(ids) - set(known))
+        if unknown:
+            raise PairsError(f"build_pairs: assignment names unknown {name} {unknown[0]!r} ({len(unknown)} unknown)")
+
+
+def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame, run,
+                length_control: float | None = None, max_attempts: int = 3,
+                structured: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split].
+
+    `length_control` (None or e.g. 0.15): the reviser is told a target length in words and its
+    max_tokens is the rejected answer's tokens x (1 + fraction); a revision outside +-fraction in words
+    is a "length" failure. Revisions failing "identical" or "length" are asked again (with a new key and
+    a note on what was wrong) up to `max_attempts` times in all; format failures are retried by the
+    runner itself. Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
+    test_unseen], persona_id, prompt_id) and
+    stats; stats["rejects"] lists every excluded pair as {pair_id, step, reason, raw}, so
+    rows + rejects == assigned pairs.
+    """
+    if length_control is not None and not 0 < length_control < 1:
+        raise PairsError(f"length_control must be None or in (0, 1), got {length_control}")
+    if max_attempts < 1:
+        raise PairsError(f"max_attempts must be >= 1, got {max_attempts}")
+    _check_inputs(personas, prompts, assignment)
+    persona_text = dict(zip(personas.persona_id, personas.persona))
+    question = dict(zip(prompts.prompt_id, prompts.text))
+    # persona-major order: the asks of one persona are consecutive and share their system prefix
+    pairs = assignment.sort_values(["persona_id", "split", "prompt_id"], kind="stable").to_dict("records")
+    rejects: list[dict] = []
+
+    def reject(pair: dict, step: str, o: Outcome, reason: str | None = None) -> None:
+        rejects.append({"pair_id": pair["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
+                        "raw": o.text})
+
+    # 1. rejected: one bare-question answer per distinct prompt
+    prompt_ids = sorted({p["prompt_id"] for p in pairs})
+    answer_asks = [rejected_ask(pid, question[pid]) for pid in prompt_ids]
+    answers = run("responder", answer_asks, parse_answer)
+    live = []
+    for p in pairs:
+        o = answers[f"rejected/{p['prompt_id']}"]
+        if o.ok:
+            live.append((p, o))
+        else:
+            reject(p, "rejected", o)
+
+    # 2. critique
+    critique_asks = [critique_ask(p["pair_id"], persona_text[p["persona_id"]], question[p["prompt_id"]], a.value,
+                                  structured)
+                     for p, a in live]
+    critiques = run("critic", critique_asks, parse_critique)
+    revisable = []
+    for (p, a), ask in zip(live, critique_asks):
+        o = critiques[ask.key]
+        if o.ok:
+            revisable.append((p, a, format_critique(o.value)))
+        else:
+            reject(p, "critique", o)
+
+    # 3. chosen, with pair-specific checks and feedback retries
+    done: dict[str, tuple] = {}
+    pending = [(p, a, c, None) for p, a, c in revisable]  # (pair, answer outcome, critique, feedback)
+    retries = 0
+    for attempt in range(max_attempts):
+        if not pending:
+            break
+        if attempt:
+            retries += len(pending)
+        asks = [revise_ask(p["pair_id"], persona_text[p["persona_id"]], question[p["prompt_id"]], a.value, c,
+                           length_control, a.output_tokens, attempt, fb, structured) for p, a, c, fb in pending]
+        outs = run("reviser", asks, parse_revision)
+        again = []
+        for (p, a, c, _), ask in zip(pending, asks):
+            o = outs[ask.key]
+            if not o.ok:
+                reject(p, "chosen", o)
+                continue
+            try:
+                check_revision(o.value, a.value, length_control)
+            except ValueError as e:
+                reason = str(e)
+                if attempt + 1 == max_attempts:
+                    reject(p, "chosen", o, reason=reason)
+                else:
+                    fb = FEEDBACK[reason]
+                    if reason == "length":
+                        _, low, high = word_bounds(a.value, length_control)
+                        fb = fb.format(words=len(o.value.split()), low=low, high=high)
+                    again.append((p, a, c, fb))
+                continue
+            done[p["pair_id"]] = (p, a, c, o)
+        pending = again
+
+    rows = [{**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")},
+             "persona": persona_text[p["persona_id"]], "instruction": question[p["prompt_id"]],
+             "rejected": a.value, "critique": c, "chosen": o.value,
+             "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
+            for p, a, c, o in done.values()]
+    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(
+        ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
+    table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
+
+    by_reason: dict[str, int] = {}
+    by_step: dict[str, int] = {}
+    for r in rejects:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        by_step[r["step"]] = by_step.get(r["step"], 0) + 1
+    ratios = [c / r for r, c in zip(table.rejected_tokens, table.chosen_tokens) if r > 0]
+    stats = {
+        "assigned": len(assignment),
+        "pairs": len(table),
+        "rejected_pairs": len(rejects),
+        "rejects_by_step": by_step,
+        "rejects_by_reason": by_reason,
+        "requests": {"responder": len(answer_asks), "critic": len(critique_asks),
+                     "reviser": len(revisable) + retries},
+        "revise_retries": retries,
+        "length_control": length_control,
+        "max_attempts": max_attempts,
+        # chosen_tokens include the few tokens of the "REVISED PREFERENCE:" header
+        "median_chosen_rejected_token_ratio": statistics.median(ratios) if ratios else None,
+        "per_split": {s: int((table.split == s).sum()) for s in SPLIT_ORDER},
+        "rejects": rejects,
+    }
+    return table, stats
+
+
+# ------------------------------------------------------------------------------------------------ DPO
+
+DPO_SYSTEM = "About the user you are talking to:\n{persona}"
+
+
+def to_dpo(preferences: pd.DataFrame) -> pd.DataFrame:
+    """TRL-style conversational preference rows. The persona goes into the prompt as a system message:
+    the preference is conditional on who asks, so a pluralistically aligned model must see it."""
+    return pd.DataFrame({
+        "pair_id": preferences.pair_id,
+        "persona_id": preferences.persona_id,
+        "prompt_id": preferences.prompt_id,
+        "split": preferences.split,
+        "prompt": [[{"role": "system", "content": DPO_SYSTEM.format(persona=persona)},
+                    {"role": "user", "content": q}]
+                   for persona, q in zip(preferences.persona, preferences.instruction)],
+        "chosen": [[{"role": "assistant", "content": c}] for c in preferences.chosen],
+        "rejected": [[{"role": "assistant", "content": r}] for r in preferences.rejected],
+    }).reset_index(drop=True)
