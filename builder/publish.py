@@ -1,0 +1,204 @@
+"""Publish a built dataset folder to the Hugging Face Hub as one immutable, tagged version.
+
+A version is a git tag `vMAJOR.MINOR.PATCH` on the dataset repo. `main` always holds the newest
+published version; each tag keeps its own snapshot, so `load_dataset(repo, revision="v1.0.0")`
+keeps returning the same rows after v1.1.0 is out. Tags are never moved, overwritten or deleted.
+
+The Hub address comes from HF_ENDPOINT (read by huggingface_hub at import). The token is passed to
+the client and nowhere else: it is never printed, logged, written, or put into an error message
+(PublishError texts are built from our own words and the server's short error message only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
+
+from builder.manifest import check_files, sha256_file, verify_folder
+
+try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures TransportError
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - depends on the installed client
+    from httpx import TransportError
+
+SEMVER = re.compile(r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
+# Written beside the data but not listed in the manifest (it cannot list itself or its checksums).
+SIDECARS = ("manifest.json", "SHA256SUMS")
+# Created and owned by the Hub in every repo: never deleted by a publish, never a data file.
+HUB_MANAGED = (".gitattributes",)
+CONFIG = "preferences"
+
+# Transient failures worth retrying; anything else (401, 404, 409, 412, ...) will not heal by waiting.
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+ATTEMPTS = 5  # total tries per Hub call; tests lower these two
+BACKOFF_SECONDS = 2.0  # first wait; doubles each retry (2, 4, 8, 16 s)
+
+
+class PublishError(RuntimeError):
+    """A one-line, user-facing reason; the CLI prints it instead of a traceback."""
+
+
+def load_line(repo: str, version: str) -> str:
+    return f'load_dataset("{repo}", "{CONFIG}", revision="{version}")'
+
+
+def publish(path, repo: str, version: str, private: bool = False, dry_run: bool = False,
+            token: str | None = None) -> dict:
+    """Upload the built folder at `path` to dataset repo `repo` as one commit tagged `version`."""
+    if not SEMVER.fullmatch(version):  # cheap checks first: refuse before hashing gigabytes
+        raise PublishError(f"version {version!r} is not a semantic version like v1.2.3")
+    folder = Path(path)
+    problems = verify_folder(folder)
+    if problems:
+        raise PublishError(f"{folder} does not match its manifest: " + "; ".join(problems))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    paths = [f["path"] for f in manifest["files"]] + list(SIDECARS)
+    sizes = {p: (folder / p).stat().st_size for p in paths}
+
+    if dry_run:  # purely local: nothing is sent, not even a read
+        for p in paths:
+            print(f"  would upload {p} ({sizes[p]:,} bytes)")
+        print(f"dry run: {len(paths)} files, {sum(sizes.values()):,} bytes -> {repo} as {version}; nothing sent")
+        return {"dry_run": True, "repo": repo, "version": version, "load": load_line(repo, version),
+                "files": [{"path": p, "bytes": sizes[p]} for p in paths]}
+
+    token = token or get_token()  # argument, else HF_TOKEN, else the saved `hf auth login`
+    if not token:
+        raise PublishError("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`")
+    api = HfApi(token=token, library_name="persona")
+    _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
+    refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+    taken = {t.name: t.target_commit for t in refs.tags}
+    if version in taken:
+        raise PublishError(f"{repo} already has {version} (commit {taken[version][:12]}); "
+                           "published versions are immutable, choose a new version")
+    head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+
+    # A new version replaces the previous one on main: remove remote files this build lacks.
+    remote = _hub("listing main", lambda: [
+        e.path for e in api.list_repo_tree(repo, recursive=True, revision=head, repo_type="dataset")
+        if isinstance(e, RepoFile)
+    ]) if head else []
+    stale = sorted(set(remote) - set(paths) - set(HUB_MANAGED))
+    operations = [CommitOperationAdd(p, str(folder / p)) for p in paths]
+    operations += [CommitOperationDelete(p) for p in stale]
+
+    fingerprint = manifest["fingerprint"]
+    print(f"uploading {len(paths)} files ({sum(sizes.values()):,} bytes), removing {len(stale)} to {repo}")
+    # parent_commit makes the Hub refuse the commit if main moved meanwhile (a concurrent publish,
+    # or an earlier attempt of ours that landed but whose answer was lost): no silent interleaving.
+    commit = _hub("the upload commit", api.create_commit, repo, operations, repo_type="dataset",
+                  revision="main", parent_commit=head,
+                  commit_message=f"Publish {version} (recipe {fingerprint[:12]})",
+                  commit_description=f"version: {version}\nrecipe fingerprint: {fingerprint}\n")
+    oid = commit.oid
+    try:
+        _hub("tagging", api.create_tag, repo, tag=version, revision=oid, repo_type="dataset",
+             tag_message=f"{version} (recipe {fingerprint})", passthrough=(409,))
+    except HfHubHTTPError:  # 409: a retried tag request may have landed the first time
+        refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+        if {t.name: t.target_commit for t in refs.tags}.get(version) != oid:
+            raise PublishError(f"{version} was created on {repo} by someone else meanwhile; "
+                               f"commit {oid[:12]} is on main but untagged") from None
+
+    # Check what the tag really serves, against the local manifest plus the two sidecars.
+    expected = dict(manifest, files=manifest["files"] + [
+        {"path": p, "bytes": sizes[p], "sha256": sha256_file(folder / p)} for p in SIDECARS
+    ])
+    problems = _remote_problems(api, repo, version, expected, with_sidecars=True)
+    if problems:
+        raise PublishError(f"{repo}@{version} (commit {oid[:12]}) does not match the build: "
+                           + "; ".join(problems))
+    line = load_line(repo, version)
+    print(f"published {repo} {version} (commit {oid[:12]}); verified {len(paths)} files")
+    print(line)
+    return {"repo": repo, "version": version, "commit": oid, "files": paths, "deleted": stale, "load": line}
+
+
+def verify_remote(repo: str, revision: str, token: str | None = None) -> list[str]:
+    """Problems between `repo`@`revision` and the manifest.json stored there; [] = intact."""
+    token = token or get_token()
+    api = HfApi(token=token, library_name="persona")
+    # pin the revision to a commit so the manifest and the listing come from the same snapshot
+    commit = _hub(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _hub("downloading manifest.json", api.hf_hub_download, repo, "manifest.json",
+                     repo_type="dataset", revision=commit, cache_dir=tmp)
+        manifest = json.loads(Path(local).read_text())
+    return _remote_problems(api, repo, commit, manifest, with_sidecars=False)
+
+
+def list_versions(repo: str, token: str | None = None) -> list[tuple[str, str]]:
+    """(tag, commit) of every semantic-version tag, oldest version first."""
+    token = token or get_token()
+    api = HfApi(token=token, library_name="persona")
+    refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+    # other tags (if someone adds them by hand) are not versions of this dataset
+    versions = [(t.name, t.target_commit) for t in refs.tags if SEMVER.fullmatch(t.name)]
+    return sorted(versions, key=lambda v: tuple(int(x) for x in SEMVER.fullmatch(v[0]).groups()))
+
+
+def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_sidecars: bool) -> list[str]:
+    entries = _hub("listing files", lambda: {
+        e.path: e for e in api.list_repo_tree(repo, recursive=True, revision=revision, repo_type="dataset")
+        if isinstance(e, RepoFile)
+    })
+    skip = set(HUB_MANAGED) | (set() if with_sidecars else set(SIDECARS))
+    listing = {p: e.size for p, e in entries.items() if p not in skip}
+
+    def sha256_of(p: str) -> str:
+        if entries[p].lfs:  # the Hub stores the sha256 of LFS files: no need to download them
+            return entries[p].lfs.sha256
+        with tempfile.TemporaryDirectory() as tmp:  # small regular file: fetch and hash it
+            local = _hub(f"downloading {p}", api.hf_hub_download, repo, p, repo_type="dataset",
+                         revision=revision, cache_dir=tmp)
+            return sha256_file(Path(local))
+
+    return check_files(manifest, listing, sha256_of)
+
+
+def _hub(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
+    """One Hub call: retried with exponential backoff on transient errors, else a PublishError.
+
+    HTTP statuses in `passthrough` re-raise the client's error for the caller to handle.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return fn(*args, **kwargs)
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status in passthrough:
+                raise
+            if status not in RETRY_STATUS or attempt == ATTEMPTS:
+                raise PublishError(f"{what} failed{_after(attempt)}: {_reason(e, status)}") from None
+        except TransportError as e:
+            if attempt == ATTEMPTS:
+                raise PublishError(f"{what} failed{_after(attempt)}: cannot reach the Hub "
+                                   f"({type(e).__name__})") from None
+        delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
+        print(f"{what}: transient error, retrying in {delay:g}s ({attempt}/{ATTEMPTS - 1})", file=sys.stderr)
+        time.sleep(delay)
+
+
+def _after(attempt: int) -> str:
+    return f" after {attempt} attempts" if attempt > 1 else ""
+
+
+def _reason(e: HfHubHTTPError, status: int | None) -> str:
+    if isinstance(e, RepositoryNotFoundError):
+        return "repository not found (or not visible with this token)"
+    if isinstance(e, RevisionNotFoundError):
+        return "revision not found"
+    if status == 412:
+        return "main changed while publishing (concurrent publish?); nothing was tagged, re-run to retry"
+    detail = (e.server_message or "").strip().splitlines()
+    return f"HTTP {status}" + (f" {detail[0]}" if detail else "")
+
