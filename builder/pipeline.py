@@ -1,0 +1,240 @@
+"""One recipe -> one dataset folder: personas -> prompts -> pairs -> shards -> card -> verify.
+
+Every model call goes through the StoreRunner, so a rerun after a crash answers what is stored and
+generates only the rest; the output folder is assembled in a staging folder and swapped in whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+from datasets import Features
+
+from generation import census, pairs, personas, prompts, sampling
+
+from . import manifest as mf
+from .executors import local_executor_for, resolve_revisions
+from .recipe import ROLES, Recipe, load_recipe
+from .runner import StoreRunner, reason_category
+from .shards import write_config
+from .store import RequestStore
+
+CENSUS_URLS = {
+    "persons": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_pus.zip",
+    "housing": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_hus.zip",
+    "dictionary": "https://www2.census.gov/programs-surveys/acs/tech_docs/pums/data_dict/PUMS_Data_Dictionary_2024.csv",
+}
+
+
+def say(msg: str) -> None:
+    print(f"[persona] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- census
+
+def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict]:
+    c = recipe.census
+    if c.source == "census.gov":
+        persons = census.download(CENSUS_URLS["persons"], cache, c.sha256)
+        housing = census.download(CENSUS_URLS["housing"], cache)
+        dictionary = census.download(c.dictionary or CENSUS_URLS["dictionary"], cache)
+        prov = {"persons": persons.url, "persons_sha256": persons.sha256, "housing_sha256": housing.sha256,
+                "dictionary_sha256": dictionary.sha256}
+        return persons.path, dictionary.path, prov
+    source = Path(c.source)
+    dictionary = Path(c.dictionary) if c.dictionary else next(iter(sorted(
+        (source if source.is_dir() else source.parent).glob("PUMS_Data_Dictionary_*.csv"))), None)
+    if dictionary is None:
+        raise census.CensusError(f"{source}: no PUMS_Data_Dictionary_*.csv beside it; set census.dictionary")
+    return source, dictionary, {"path": str(source), "dictionary": dictionary.name,
+                                "dictionary_sha256": mf.sha256_file(dictionary)}
+
+
+def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]:
+    c = recipe.census
+    source, dictionary, prov = _census_source(recipe, cache)
+    say(f"census: reading {source}")
+    frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
+    prov["files"] = frame.sources
+    people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
+                                    states=c.states or None)
+    drawn = [people]
+
+    def draw_more(k, round, exclude):
+        more = sampling.draw_more(frame, k, recipe.seed, round, exclude, min_age=c.min_age, states=c.states or None)
+        drawn.append(more)
+        return census.label_people(more, frame.dictionary)
+
+    say(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
+    table, stats = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
+                                           c.personas, recipe.seed, max_rounds=c.max_rounds)
+    # fidelity of the personas actually published (after consistency replacements)
+    kept = set(zip(table.source_serialno, table.source_sporder.astype(int)))
+    codes = pd.concat(drawn, ignore_index=True)
+    codes = codes[[(s, int(o)) in kept for s, o in zip(codes.SERIALNO, codes.SPORDER)]]
+    stats["fidelity"] = sampling.fidelity_report(frame, codes, min_age=c.min_age, states=c.states or None)
+    stats["state_shares"] = sampling.state_shares(codes)
+    stats["source"] = prov
+    return table, stats
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+def arrow_table(df: pd.DataFrame) -> pa.Table:
+    """pandas -> Arrow with plain `string` (not large_string) so Features stay simple and stable."""
+    t = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    fields = []
+    for f in t.schema:
+        tp = f.type
+        if pa.types.is_large_string(tp):
+            tp = pa.string()
+        elif pa.types.is_large_list(tp) or (pa.types.is_list(tp) and pa.types.is_large_string(tp.value_type)):
+            tp = pa.list_(pa.string()) if pa.types.is_large_string(tp.value_type) or pa.types.is_string(tp.value_type) else tp
+        fields.append(pa.field(f.name, tp))
+    return t.cast(pa.schema(fields)).replace_schema_metadata(None)
+
+
+def write_tables(out: Path, tables: dict[tuple[str, str], pd.DataFrame], recipe: Recipe) -> list[dict]:
+    shards = []
+    for (config, split), df in tables.items():
+        t = arrow_table(df)
+        shards += write_config(out, config, split, t, Features.from_arrow_schema(t.schema),
+                               recipe.output.max_shard_bytes, recipe.output.row_group_bytes)
+    return shards
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# ------------------------------------------------------------------------------------------- build
+
+def build(recipe_path: str, out: str | None = None, work: str | None = None, executor_for=None) -> dict:
+    recipe = load_recipe(recipe_path)
+    out_dir = Path(out or recipe.output.dir)
+    work_dir = Path(work or recipe.output.work_dir) / f"{recipe.name}-{recipe.fingerprint[:12]}"
+    cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
+    say(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
+
+    store = RequestStore(work_dir / "requests.sqlite")
+    revisions = resolve_revisions(recipe)
+    run = StoreRunner(recipe, store, executor_for or local_executor_for, revisions)
+
+    people, pstats = make_personas(recipe, run, cache / "census")
+    if len(people) < recipe.census.personas:
+        say(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
+            f"{recipe.census.max_rounds} replacement rounds")
+
+    say(f"prompts: {recipe.prompts.source}")
+    prompt_table, prompt_stats = prompts.select_prompts(
+        recipe.prompts.source, run, recipe.seed, recipe.prompts.text_field, recipe.prompts.sha256,
+        recipe.prompts.classify_limit, recipe.prompts.heldout_fraction)
+    p = recipe.pairs
+    assignment, assign_stats = prompts.assign(
+        people.persona_id.tolist(), prompt_table.prompt_id[prompt_table.pool == "train"].tolist(),
+        prompt_table.prompt_id[prompt_table.pool == "heldout"].tolist(), recipe.seed,
+        p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
+    say(f"pairs: {len(assignment):,} pairs for {len(people)} personas")
+    prefs, pair_stats = pairs.build_pairs(people, prompt_table, assignment, run, p.length_control,
+                                          recipe.output.max_attempts, structured=p.structured)
+    model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
+                  for role in ROLES}
+    prefs["rejected_model"] = model_name["responder"]
+    prefs["chosen_model"] = model_name["reviser"]
+    prompt_out = prompt_table.rename(columns={"pool": "split"})
+
+    rejects = _rejects_table(pstats, prompt_stats, pair_stats)
+    tables = {("preferences", s): prefs[prefs.split == s].reset_index(drop=True) for s in pairs.SPLIT_ORDER}
+    dpo = pairs.to_dpo(prefs)
+    tables.update({("dpo", s): dpo[dpo.split == s].reset_index(drop=True) for s in pairs.SPLIT_ORDER})
+    tables[("personas", "train")] = people.reset_index(drop=True)
+    tables[("prompts", "train")] = prompt_out.reset_index(drop=True)
+    tables[("rejects", "train")] = rejects
+
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    say(f"writing shards to {staging}")
+    shards = write_tables(staging, tables, recipe)
+    fields = dict(
+        name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
+        models={role: {"id": recipe.model_for(role).id, "revision": revisions[recipe.roles[role].model],
+                       "dtype": recipe.model_for(role).dtype, "license": recipe.model_for(role).license,
+                       "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling()}
+                for role in ROLES},
+        sources={"census": pstats.pop("source"), "prompts": prompt_stats["source"]},
+        counts=_counts(people, prompt_stats, assign_stats, prefs, pstats, run),
+        rejects=_reject_counts(pstats, prompt_stats, pair_stats, rejects),
+        fidelity=pstats["fidelity"]["rows"],
+        lengths=_lengths(prefs, p.length_control),
+        census_fidelity={k: v for k, v in pstats.pop("fidelity").items() if k != "rows"},
+        state_shares=pstats["state_shares"],
+        description=recipe.description,
+    )
+    manifest = mf.finalize(staging, shards, **_jsonable(fields))
+    problems = mf.verify_folder(staging)
+    if problems:
+        raise RuntimeError("the fresh build does not verify: " + "; ".join(problems))
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    say(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
+        f"{len(prefs):,} pairs, {len(people)} personas, {len(prompt_out)} prompts); verified against manifest.json")
+    say(f'load it with: load_dataset("{out_dir}", "preferences")')
+    return manifest
+
+
+def _rejects_table(pstats, prompt_stats, pair_stats) -> pd.DataFrame:
+    rows = [{"stage": "personas", "id": r["persona_id"], "step": "consistency",
+             "reason": ",".join(r["reasons"]), "raw": json.dumps(r.get("detail"), default=str, sort_keys=True)}
+            for r in pstats.get("rejections", [])]
+    rows += [{"stage": "prompts", "id": r["prompt_id"], "step": r["step"], "reason": r["reason"], "raw": r["raw"]}
+             for r in prompt_stats["classify"].get("rejects", [])]
+    rows += [{"stage": "pairs", "id": r["pair_id"], "step": r["step"], "reason": r["reason"], "raw": r["raw"]}
+             for r in pair_stats.get("rejects", [])]
+    cols = ["stage", "id", "step", "reason", "raw"]
+    return pd.DataFrame(rows, columns=cols).astype(str).sort_values(cols[:3], kind="stable").reset_index(drop=True)
+
+
+def _reject_counts(pstats, prompt_stats, pair_stats, rejects: pd.DataFrame) -> dict:
+    out = {"personas": dict(sorted(pstats.get("rejected", {}).items()))}
+    for stage in ("prompts", "pairs"):
+        part = rejects[rejects.stage == stage]
+        out[stage] = {f"{step}:{reason_category(reason)}": int(n) for (step, reason), n in
+                      part.groupby(["step", "reason"]).size().sort_index().items()}
+    return out
+
+
+def _counts(people, prompt_stats, assign_stats, prefs, pstats, run) -> dict:
+    return {
+        "personas": int(len(people)),
+        "personas_drawn": pstats.get("drawn"),
+        "personas_rejected": pstats.get("rejected_personas"),
+        "prompts": {"filter": prompt_stats["filter"], "split": prompt_stats["split"],
+                    "classify": {k: v for k, v in prompt_stats["classify"].items() if k != "rejects"}},
+        "assignment": assign_stats,
+        "pairs": {s: int((prefs.split == s).sum()) for s in pairs.SPLIT_ORDER},
+        "requests": run.summary(),
+    }
+
+
+def _lengths(prefs: pd.DataFrame, length_control) -> dict:
+    if prefs.empty:
+        return {"pairs": 0, "length_control": length_control}
+    ratio = (prefs.chosen_tokens / prefs.rejected_tokens.clip(lower=1)).tolist()
+    return {
+        "pairs": int(len(prefs)),
+        "length_control": length_control,
+        "median_chosen_tokens": float(statistics.median(prefs.chosen_tokens)),
+        "median_rejected_tokens": float(statistics.median(prefs.rejected_tokens)),
+        "median_chosen_over_rejected": round(float(statistics.median(ratio)), 4),
+        "share_chosen_shorter": round(float((prefs.chosen_tokens < prefs.rejected_tokens).mean()), 4),
+    }

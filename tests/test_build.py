@@ -1,0 +1,133 @@
+"""Whole builds with the real engine (tiny random-weight Llama): determinism, loading, verify, resume."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import ROOT, env, recipe_text, run_py
+from .test_engine import tiny_model  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def _recipe(tmp, model):
+    f = tmp / "recipe.toml"
+    f.write_text(recipe_text(model, personas=4, classify_limit=30, max_tokens=320, chunk_size=4))
+    return f
+
+
+def _build(recipe, out, work):
+    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, shared_data, tiny_model):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("build")
+    recipe = _recipe(tmp, tiny_model)
+    _build(recipe, tmp / "a" / "persona", tmp / "a" / "work")
+    return tmp, recipe
+
+
+def test_same_recipe_twice_gives_identical_bytes(built):
+    tmp, recipe = built
+    _build(recipe, tmp / "b" / "persona", tmp / "b" / "work")
+    a = (tmp / "a" / "persona" / "SHA256SUMS").read_text()
+    assert a == (tmp / "b" / "persona" / "SHA256SUMS").read_text()
+    assert "preferences/train-00000-of-00001.parquet" in a and "README.md" in a
+
+
+def test_load_dataset_by_name_from_the_parent_folder(built):
+    tmp, _ = built
+    manifest = json.loads((tmp / "a" / "persona" / "manifest.json").read_text())
+    code = ("import json, datasets\n"
+            "out = {c: {s: d.num_rows for s, d in datasets.load_dataset('persona', c).items()}"
+            " for c in ('preferences', 'personas', 'prompts', 'dpo')}\n"
+            "print(json.dumps(out))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp / "a", env=env(HF_DATASETS_CACHE=tmp / "hfcache"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    loaded = json.loads(p.stdout.strip().splitlines()[-1])
+    for config in ("preferences", "personas", "prompts", "dpo"):
+        want = {s: v["rows"] for s, v in manifest["splits"][config].items()}
+        assert loaded[config] == want, config
+    assert set(loaded["preferences"]) == {"train", "test_seen", "test_unseen"}
+    assert sum(loaded["preferences"].values()) == sum(manifest["counts"]["pairs"].values()) > 0
+    assert loaded["personas"]["train"] == manifest["counts"]["personas"]
+
+
+def test_verify_cli_passes_then_names_the_altered_and_missing_file(built, tmp_path):
+    import shutil
+    tmp, _ = built
+    folder = tmp_path / "copy"
+    shutil.copytree(tmp / "a" / "persona", folder)
+    ok = run_py(["-m", "builder.cli", "verify", folder])
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    shard = folder / "preferences" / "train-00000-of-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    bad = run_py(["-m", "builder.cli", "verify", folder])
+    assert bad.returncode != 0 and "altered: preferences/train-00000-of-00001.parquet" in bad.stdout
+    (folder / "personas" / "train-00000-of-00001.parquet").unlink()
+    bad = run_py(["-m", "builder.cli", "verify", folder])
+    assert "missing: personas/train-00000-of-00001.parquet" in bad.stdout
+
+
+def test_card_validates_and_matches_manifest(built):
+    from huggingface_hub import DatasetCard
+    tmp, _ = built
+    folder = tmp / "a" / "persona"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    card = DatasetCard((folder / "README.md").read_text())
+    data = card.data.to_dict()
+    infos = {i["config_name"]: i for i in data["dataset_info"]}
+    for split in infos["preferences"]["splits"]:
+        assert split["num_examples"] == manifest["splits"]["preferences"][split["name"]]["rows"]
+    assert "demonstration" in card.text.lower()
+
+
+def test_kill_9_during_pair_generation_then_resume(built, tmp_path):
+    tmp, recipe = built
+    out, work = tmp_path / "persona", tmp_path / "work"
+    cmd = [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out), "--work", str(work)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+        dbs = list(work.glob("*/requests.sqlite"))
+        if not dbs:
+            continue
+        try:
+            with sqlite3.connect(f"file:{dbs[0]}?mode=ro", uri=True, timeout=1) as db:
+                n = db.execute("SELECT count(*) FROM results WHERE role = 'critic'").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if n >= 1:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = n
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and killed_at, "the build ended before it could be killed"
+    assert not (out / "SHA256SUMS").exists()
+    _build(recipe, out, work)
+    assert (out / "SHA256SUMS").read_text() == (tmp / "a" / "persona" / "SHA256SUMS").read_text()
+    with sqlite3.connect(next(work.glob("*/requests.sqlite"))) as db:
+        dup = db.execute("SELECT key, role, count(*) FROM results GROUP BY role, key HAVING count(*) > 1").fetchall()
+    assert dup == []
+
+
+def test_bad_recipe_is_one_clear_line(tmp_path):
+    f = tmp_path / "r.toml"
+    f.write_text((ROOT / "configs" / "cpu.toml").read_text().replace("[census]", "[census]\nbogus = 1"))
+    p = run_py(["-m", "builder.cli", "build", "--recipe", f])
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"persona: error: {f}: census: unknown key 'bogus' (allowed: dictionary, max_rounds, method, min_age, personas, sha256, source, states)"
