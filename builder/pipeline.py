@@ -18,7 +18,7 @@ from datasets import Features
 from generation import census, pairs, personas, prompts, sampling
 
 from . import manifest as mf
-from .executors import local_executor_for, resolve_revisions
+from .executors import executor_for_recipe, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
 from .runner import StoreRunner, reason_category
 from .shards import write_config
@@ -86,17 +86,13 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]
 # ------------------------------------------------------------------------------------------ tables
 
 def arrow_table(df: pd.DataFrame) -> pa.Table:
-    """pandas -> Arrow with plain `string` (not large_string) so Features stay simple and stable."""
+    """pandas -> Arrow without pandas metadata. pandas 3 string columns arrive as large_string and an
+    empty table's text columns as null: both are stored as plain `string`, so a split's features do
+    not depend on how many rows it has."""
     t = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    fields = []
-    for f in t.schema:
-        tp = f.type
-        if pa.types.is_large_string(tp):
-            tp = pa.string()
-        elif pa.types.is_large_list(tp) or (pa.types.is_list(tp) and pa.types.is_large_string(tp.value_type)):
-            tp = pa.list_(pa.string()) if pa.types.is_large_string(tp.value_type) or pa.types.is_string(tp.value_type) else tp
-        fields.append(pa.field(f.name, tp))
-    return t.cast(pa.schema(fields)).replace_schema_metadata(None)
+    text = lambda tp: pa.types.is_large_string(tp) or pa.types.is_null(tp)  # noqa: E731
+    schema = pa.schema([pa.field(f.name, pa.string() if text(f.type) else f.type) for f in t.schema])
+    return t.cast(schema).replace_schema_metadata(None)
 
 
 def write_tables(out: Path, tables: dict[tuple[str, str], pd.DataFrame], recipe: Recipe) -> list[dict]:
@@ -114,8 +110,9 @@ def _jsonable(obj):
 
 # ------------------------------------------------------------------------------------------- build
 
-def build(recipe_path: str, out: str | None = None, work: str | None = None, executor_for=None) -> dict:
-    recipe = load_recipe(recipe_path)
+def build(recipe_path: str, out: str | None = None, work: str | None = None, executor_for=None,
+          executor: str | None = None, address: str | None = None, replicas: int | None = None) -> dict:
+    recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
     out_dir = Path(out or recipe.output.dir)
     work_dir = Path(work or recipe.output.work_dir) / f"{recipe.name}-{recipe.fingerprint[:12]}"
     cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
@@ -123,7 +120,7 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
 
     store = RequestStore(work_dir / "requests.sqlite")
     revisions = resolve_revisions(recipe)
-    run = StoreRunner(recipe, store, executor_for or local_executor_for, revisions)
+    run = StoreRunner(recipe, store, executor_for or executor_for_recipe(recipe), revisions)
 
     people, pstats = make_personas(recipe, run, cache / "census")
     if len(people) < recipe.census.personas:

@@ -1,0 +1,67 @@
+"""A small real build with SmolLM2-135M-Instruct on CPU: 4 personas x 4 prompts, killed with SIGKILL
+during pair generation and resumed; every persona has all 33 attributes and every pair all fields."""
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from generation.personas import ATTRIBUTES
+from .helpers import ROOT, env, run_py
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_build_killed_and_resumed(tmp_path, shared_data):
+    text = (ROOT / "configs" / "cpu.toml").read_text()
+    text = text.replace("personas = 8", "personas = 4").replace("classify_limit = 40", "classify_limit = 24")
+    text = text.replace("../shared/data", str(shared_data))
+    text = text.replace("chunk_size = 64", "chunk_size = 4")
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(text)
+    out, work = tmp_path / "persona", tmp_path / "work"
+    cmd = [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out), "--work", str(work)]
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed = time.time() + 900, False
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+        db = next(work.glob("*/requests.sqlite"), None)
+        if db is None:
+            continue
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as c:
+                if c.execute("SELECT count(*) FROM results WHERE role = 'critic'").fetchone()[0] >= 1:
+                    proc.send_signal(signal.SIGKILL)
+                    killed = True
+        except sqlite3.Error:
+            continue
+    proc.wait()
+    assert killed and proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+
+    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=1500)
+    assert p.returncode == 0, p.stderr[-4000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+
+    personas = pq.read_table(out / "personas" / "train-00000-of-00001.parquet").to_pylist()
+    assert len(personas) == manifest["counts"]["personas"] >= 1
+    for row in personas:
+        for a in ATTRIBUTES:
+            assert row[a] not in (None, ""), f"persona {row['persona_id']}: {a} is empty"
+        assert all(f"{a.replace('_', ' ')}:" in row["persona"] for a in ATTRIBUTES)
+
+    pairs = [r for s in ("train", "test_seen", "test_unseen")
+             for r in pq.read_table(out / "preferences" / f"{s}-00000-of-00001.parquet").to_pylist()]
+    assert len(pairs) == sum(manifest["counts"]["pairs"].values()) >= 1
+    for r in pairs:
+        for field in ("persona", "instruction", "rejected", "critique", "chosen", "rejected_model", "chosen_model"):
+            assert r[field], f"pair {r['pair_id']}: {field} is empty"
+        assert r["chosen"] != r["rejected"] and r["critique"].startswith("EVALUATION: ")
+        assert "SmolLM2-135M-Instruct@sha256:" in r["chosen_model"]
+    with sqlite3.connect(next(work.glob("*/requests.sqlite"))) as c:
+        assert c.execute("SELECT count(*) FROM (SELECT role, key FROM results GROUP BY role, key HAVING count(*) > 1)").fetchone()[0] == 0
+    assert run_py(["-m", "builder.cli", "verify", out]).returncode == 0
