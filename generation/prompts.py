@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .engine import Ask
-from .ids import rng, stable_id
+from .ids import rng, sha256_file, stable_id
 
 
 class PromptsError(ValueError):
@@ -53,14 +53,6 @@ def parse_hf_source(source: str) -> HubSource:
             f"{source!r}: a Hub source must look like hf://<repo>@<revision>:<config>/<field>, e.g. "
             "hf://HannahRoseKirk/prism-alignment@<commit>:conversations/opening_prompt")
     return HubSource(**m.groupdict())
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _text_of(row, where: str, text_field: str) -> str:

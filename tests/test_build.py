@@ -1,12 +1,10 @@
 """Whole builds with the real engine (tiny random-weight Llama): determinism, loading, verify, resume."""
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _recipe(tmp, model):
     f = tmp / "recipe.toml"
-    f.write_text(recipe_text(model, personas=4, classify_limit=30, max_tokens=320, chunk_size=4))
+    f.write_text(recipe_text(model, personas=4, classify_limit=30, max_tokens=1200, chunk_size=4))
     return f
 
 
