@@ -1,10 +1,13 @@
 """Where generation requests run: in this process on one vLLM engine (local), or on Ray replicas."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 from generation.engine import ModelSpec, get_engine
 from generation.models import resolve_model
 
-from .recipe import ModelConfig, Recipe
+from .recipe import ExecutorConfig, ModelConfig, Recipe
 
 
 def model_spec(m: ModelConfig) -> tuple[ModelSpec, str | None]:
@@ -22,3 +25,44 @@ def resolve_revisions(recipe: Recipe) -> dict[str, str | None]:
 
 def local_executor_for(m: ModelConfig):
     return get_engine(model_spec(m)[0])
+
+
+_POOLS: dict = {}
+
+
+def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
+    """One RayPool per model for the whole process, like get_engine: a different model releases the
+    previous pool's replicas (and their GPUs) first."""
+    try:
+        from .ray_executor import RayPool  # ray is an optional extra: imported only when asked for
+    except ImportError as e:
+        raise ValueError(f"executor 'ray' needs the ray extra: pip install -e '.[ray]' ({e})") from e
+
+    spec = model_spec(m)[0]
+    if spec not in _POOLS:
+        for old in list(_POOLS):
+            _POOLS.pop(old).close()
+        _POOLS[spec] = RayPool(spec, cfg.replicas, cfg.address, cfg.timeout_s)
+    return _POOLS[spec]
+
+
+def executor_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], object]:
+    """The recipe's [executor]: `model config -> object with generate(requests)`."""
+    if recipe.executor.kind == "ray":
+        return lambda m: ray_pool_for(m, recipe.executor)
+    return local_executor_for
+
+
+def with_executor(recipe: Recipe, kind: str | None = None, address: str | None = None,
+                  replicas: int | None = None) -> Recipe:
+    """Command-line overrides of [executor]. The recipe text (fingerprint, work folder, manifest) is
+    unchanged: where requests run must not change what the dataset is."""
+    if kind is not None and kind not in ("local", "ray"):
+        raise ValueError(f"--executor {kind!r} is not 'local' or 'ray'")
+    if replicas is not None and int(replicas) < 1:
+        raise ValueError(f"--replicas must be >= 1, got {replicas}")
+    changes = {k: v for k, v in (("kind", kind), ("address", address),
+                                 ("replicas", None if replicas is None else int(replicas))) if v is not None}
+    if address is not None and kind is None:
+        changes["kind"] = "ray"  # an address only means something for Ray
+    return dataclasses.replace(recipe, executor=dataclasses.replace(recipe.executor, **changes)) if changes else recipe
