@@ -6,6 +6,7 @@ fixed. Input is streamed: we hold at most one row group's worth of rows plus one
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -66,7 +67,9 @@ def write_config(out_dir, config: str, split: str, table_or_batches, features: F
             tmp_paths.append(folder / f"{split}-{len(tmp_paths):05d}.parquet.tmp")
             rows_per_shard.append(0)
             writer = pq.ParquetWriter(tmp_paths[-1], schema, **WRITER_OPTIONS)
-        writer.write_table(table, row_group_size=table.num_rows)
+        if os.environ.get("PERSONA_FAULT") == "enospc_shard":  # test hook (tests/test_crash.py): what
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+        writer.write_table(table, row_group_size=table.num_rows)  # (pyarrow raises on a full disk, no path)
         shard_bytes += nbytes
         rows_per_shard[-1] += table.num_rows
 
@@ -89,11 +92,16 @@ def write_config(out_dir, config: str, split: str, table_or_batches, features: F
         for tmp, rows in zip(tmp_paths, rows_per_shard):
             sha256 = _hash_and_fsync(tmp)
             shards.append({"path": tmp, "bytes": tmp.stat().st_size, "rows": rows, "sha256": sha256})
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except OSError:  # e.g. the disk is still full: closing flushes too; the first error matters
+                pass
         for tmp in tmp_paths:
             tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # pyarrow's write errors name no file: add it
+            raise OSError(e.errno, e.strerror or str(e), str(tmp_paths[-1] if tmp_paths else folder)) from e
         raise
 
     total = len(shards)

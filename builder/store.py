@@ -5,6 +5,7 @@ there or absent (no torn records); the primary key makes a duplicate impossible.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ class RequestStore:
         """Write one chunk atomically. INSERT OR IGNORE: a result already stored is never replaced."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            if os.environ.get("PERSONA_FAULT") == "enospc_store":  # test hook (tests/test_crash.py): what
+                raise sqlite3.OperationalError("database or disk is full")  # SQLite raises on a full disk
             self.db.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.request_id, r.role, r.key, int(r.ok), r.text, r.reason, r.attempts, r.prompt_tokens,
