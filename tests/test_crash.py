@@ -19,7 +19,6 @@ request id, not by recipe), so only what a case changes is generated again.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sqlite3
