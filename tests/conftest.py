@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,26 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight Llama with a tokenizer trained on the fly: the real engine at ~10k tok/s."""
+    from generation.tiny import make_tiny_llama
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, shared_data, tiny_model):
+    """One whole build with the tiny model (4 personas): (folder holding a/persona, its recipe)."""
+    from .helpers import recipe_text, run_py
+    tmp = tmp_path_factory.mktemp("build")
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(recipe_text(tiny_model, personas=4, classify_limit=30, max_tokens=1200, chunk_size=4))
+    out, work = tmp / "a" / "persona", tmp / "a" / "work"
+    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return tmp, recipe
+
+
+@pytest.fixture(scope="session")
 def census_dir(shared_data) -> Path:
     return shared_data / "census" / "acs-pums-2024-1yr"
 
@@ -23,3 +44,15 @@ def census_dir(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def prism_file(shared_data) -> Path:
     return shared_data / "prism" / "prism_opening_prompts.json"
+
+
+@pytest.fixture(scope="session")
+def census_small(tmp_path_factory, census_dir) -> Path:
+    """Three small states of the PUMS records: builds that read the census in a second."""
+    from .helpers import STATES
+    folder = tmp_path_factory.mktemp("census")
+    for name in STATES:
+        shutil.copy(census_dir / name, folder / name)
+    for dictionary in census_dir.glob("PUMS_Data_Dictionary_*.csv"):
+        shutil.copy(dictionary, folder / dictionary.name)
+    return folder

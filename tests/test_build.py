@@ -1,23 +1,14 @@
 """Whole builds with the real engine (tiny random-weight Llama): determinism, loading, verify, resume."""
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
-from .helpers import ROOT, env, recipe_text, run_py
-from .test_engine import tiny_model  # noqa: F401  (session fixture)
+from .helpers import ROOT, env, kill_when, popen, run_py, stored
 
 pytestmark = pytest.mark.slow
-
-
-def _recipe(tmp, model):
-    f = tmp / "recipe.toml"
-    f.write_text(recipe_text(model, personas=4, classify_limit=30, max_tokens=1200, chunk_size=4))
-    return f
 
 
 def _build(recipe, out, work):
@@ -27,11 +18,8 @@ def _build(recipe, out, work):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, shared_data, tiny_model):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("build")
-    recipe = _recipe(tmp, tiny_model)
-    _build(recipe, tmp / "a" / "persona", tmp / "a" / "work")
-    return tmp, recipe
+def built(tiny_build):
+    return tiny_build
 
 
 def test_same_recipe_twice_gives_identical_bytes(built):
@@ -95,26 +83,8 @@ def test_card_validates_and_matches_manifest(built):
 def test_kill_9_during_pair_generation_then_resume(built, tmp_path):
     tmp, recipe = built
     out, work = tmp_path / "persona", tmp_path / "work"
-    cmd = [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out), "--work", str(work)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-        dbs = list(work.glob("*/requests.sqlite"))
-        if not dbs:
-            continue
-        try:
-            with sqlite3.connect(f"file:{dbs[0]}?mode=ro", uri=True, timeout=1) as db:
-                n = db.execute("SELECT count(*) FROM results WHERE role = 'critic'").fetchone()[0]
-        except sqlite3.Error:
-            continue
-        if n >= 1:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = n
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and killed_at, "the build ended before it could be killed"
+    proc = popen(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work])
+    kill_when(proc, lambda: stored(work, "critic") >= 1, "a critique was stored")
     assert not (out / "SHA256SUMS").exists()
     _build(recipe, out, work)
     assert (out / "SHA256SUMS").read_text() == (tmp / "a" / "persona" / "SHA256SUMS").read_text()

@@ -33,34 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import ROOT, env, recipe_text
-from .test_engine import tiny_model  # noqa: F401  (session fixture)
+from .helpers import ROOT, env, kill_when, make_recipe, one_line_error
 
 pytestmark = pytest.mark.slow
 
-STATES = ("p_10.parquet", "p_50.parquet", "p_56.parquet")  # Delaware, Vermont, Wyoming: small files
-# The random-weight model fills JSON strings up to their maxLength: the persona filler's object needs
-# ~600 tokens; the responder (plain text) never stops by itself, so keep it short.
-MAX_TOKENS = {"persona_filler": 1024, "responder": 48}
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-def make_recipe(path: Path, model, census: Path, prompts: Path | None = None, max_tokens: dict | None = None,
-                model_path=None) -> Path:
-    text = recipe_text(model_path or model, personas=3, train_per_persona=2, n_train=1, n_unseen=1,
-                       classify_limit=16, chunk_size=8, max_tokens=320, census=str(census),
-                       prism=str(prompts) if prompts else None)
-    # one replacement round at most: every round is another ~600-token filler batch
-    text = text.replace("personas = 3\n", "personas = 3\nmax_rounds = 1\n", 1)
-    for role, n in {**MAX_TOKENS, **(max_tokens or {})}.items():
-        section = f'[roles.{role}]\nmodel = "m"\ntemperature = 0.8\nmax_tokens = 320\n'
-        assert text.count(section) == 1, role
-        text = text.replace(section, section.replace("max_tokens = 320", f"max_tokens = {n}"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
 
 def build_cmd(recipe, out, work) -> list[str]:
     return [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out),
@@ -139,43 +116,12 @@ def check_folder(out: Path, reference_out: Path) -> dict:
     return manifest
 
 
-def one_line_error(p: subprocess.CompletedProcess) -> str:
-    """The CLI's failure: exit code 2 and exactly one `persona: error: ...` line, no traceback."""
-    assert p.returncode == 2, f"exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
-    assert "Traceback" not in p.stderr, p.stderr[-4000:]
-    errors = [line for line in p.stderr.splitlines() if line.startswith("persona: error: ")]
-    assert len(errors) == 1 and p.stderr.strip().splitlines()[-1] == errors[0], p.stderr[-2000:]
-    return errors[0]
-
-
-def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 600) -> None:
-    """SIGKILL `proc` as soon as `ready()` holds; fail if it ends or times out first."""
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the build ended (exit {proc.returncode}) before {what}"
-
-
 def start(recipe, out, work, **fault) -> subprocess.Popen:
     return subprocess.Popen(build_cmd(recipe, out, work), cwd=ROOT, env=env(**fault),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # ----------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def census_small(tmp_path_factory, census_dir) -> Path:
-    folder = tmp_path_factory.mktemp("census")
-    for name in STATES:
-        shutil.copy(census_dir / name, folder / name)
-    for dictionary in census_dir.glob("PUMS_Data_Dictionary_*.csv"):
-        shutil.copy(dictionary, folder / dictionary.name)
-    return folder
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model, census_small, prism_file):  # noqa: F811

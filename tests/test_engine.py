@@ -1,11 +1,8 @@
 """The real vLLM CPU engine: a tiny random-weight Llama in this process, SmolLM2 in a subprocess."""
 import json
-from pathlib import Path
-
 import pytest
 
 from generation.engine import ChatRequest, Engine, ModelSpec
-from generation.tiny import make_tiny_llama
 
 from .helpers import run_py
 
@@ -13,11 +10,6 @@ SCHEMA = {"type": "object",
           "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
                          "likes": {"type": "array", "items": {"enum": ["tea", "coffee", "water"]}, "maxItems": 3}},
           "required": ["name", "age", "likes"], "additionalProperties": False}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import ROOT, env, recipe_text
-from .test_crash import census_small, make_recipe  # noqa: F401  (module fixture; the crash tests' recipe)
-from .test_engine import tiny_model  # noqa: F401  (session fixture)
+from .helpers import ROOT, env, make_recipe, recipe_text
 
 pytest.importorskip("ray")
 

@@ -1,17 +1,13 @@
 """A small real build with SmolLM2-135M-Instruct on CPU: 4 personas x 4 prompts, killed with SIGKILL
 during pair generation and resumed; every persona has all 33 attributes and every pair all fields."""
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from generation.personas import ATTRIBUTES
-from .helpers import ROOT, env, run_py
+from .helpers import ROOT, kill_when, popen, run_py, stored
 
 pytestmark = pytest.mark.slow
 
@@ -24,24 +20,8 @@ def test_smollm2_build_killed_and_resumed(tmp_path, shared_data):
     recipe = tmp_path / "small.toml"
     recipe.write_text(text)
     out, work = tmp_path / "persona", tmp_path / "work"
-    cmd = [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out), "--work", str(work)]
-
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed = time.time() + 900, False
-    while proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-        db = next(work.glob("*/requests.sqlite"), None)
-        if db is None:
-            continue
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as c:
-                if c.execute("SELECT count(*) FROM results WHERE role = 'critic'").fetchone()[0] >= 1:
-                    proc.send_signal(signal.SIGKILL)
-                    killed = True
-        except sqlite3.Error:
-            continue
-    proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+    proc = popen(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work])
+    kill_when(proc, lambda: stored(work, "critic") >= 1, "a critique was stored", timeout=900)
 
     p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]

@@ -10,7 +10,6 @@ import pytest
 
 from builder.store import RequestStore, Stored
 from .helpers import ROOT, env, recipe_text, run_py
-from .test_engine import tiny_model  # noqa: F401  (session fixture)
 
 
 def _row(i, text="t"):
