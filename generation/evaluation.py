@@ -159,18 +159,22 @@ JUDGE_INSTRUCTION = (
     "the verdict.")
 
 
-def judge_ask(key: str, persona: str, instruction: str, answer: str) -> Ask:
+def judge_ask(key: str, persona: str, instruction: str, answer: str, labels_swapped: bool = False) -> Ask:
+    labels = (NO_REVISION, NEEDS_REVISION) if labels_swapped else (NEEDS_REVISION, NO_REVISION)
     user = (f"Question: {instruction}\n\nThe assistant's answer:\n{answer}\n\n"
-            f'Reply with JSON: {{"reason": "...", "verdict": "{NEEDS_REVISION}" or "{NO_REVISION}"}}.')
+            f'Reply with JSON: {{"reason": "...", "verdict": "{labels[0]}" or "{labels[1]}"}}.')
     return Ask(key=key, schema=REVISION_SCHEMA,
                messages=_with_persona(persona, JUDGE_INSTRUCTION) + [{"role": "user", "content": user}])
 
 
-def judge_answers(items: pd.DataFrame, answers: dict[tuple, Outcome], run) -> pd.DataFrame:
+def judge_answers(items: pd.DataFrame, answers: dict[tuple, Outcome], run, label_control: bool = False) -> pd.DataFrame:
     """Judge every (mode, persona, question) answer; one row each with the verdict.
 
     An answer the subject never produced (a reject after all attempts) counts as needing revision:
     the mode failed for that persona. A verdict the judge never produced is left out and counted.
+    With `label_control` every answer is judged a second time with the two verdict labels named in
+    the other order (`verdict_swapped`): a judge whose verdict follows that order is not reading the
+    answer (measured: SmolLM2-135M picks whichever label comes first, every time).
     """
     rows, asks = [], []
     text = {(it.persona_id, it.prompt_id): it for it in items.itertuples(index=False)}
@@ -179,18 +183,23 @@ def judge_answers(items: pd.DataFrame, answers: dict[tuple, Outcome], run) -> pd
         row = {"mode": mode, "persona_id": persona_id, "prompt_id": prompt_id, "answer_ok": o.ok,
                "answer": o.value["answer"] if o.ok else None, "answer_reason": o.reason}
         if o.ok:
-            asks.append(judge_ask(f"judge/{mode}/{persona_id}/{prompt_id}", it.persona, it.instruction,
-                                  row["answer"]))
+            for swapped in (False, True) if label_control else (False,):
+                key = f"judge{'-swapped' if swapped else ''}/{mode}/{persona_id}/{prompt_id}"
+                asks.append(judge_ask(key, it.persona, it.instruction, row["answer"], swapped))
         rows.append(row)
     verdicts = run(JUDGE, asks, lambda t: parse_json(t, REVISION_SCHEMA))
     for row in rows:
-        v = verdicts.get(f"judge/{row['mode']}/{row['persona_id']}/{row['prompt_id']}")
+        where = f"{row['mode']}/{row['persona_id']}/{row['prompt_id']}"
+        v = verdicts.get(f"judge/{where}")
         if v is None:
             row.update(verdict=NEEDS_REVISION, judge_ok=True, reason="no usable answer")
         else:
             row.update(verdict=v.value["verdict"] if v.ok else None, judge_ok=v.ok,
                        reason=v.value["reason"] if v.ok else v.reason)
-    return pd.DataFrame(rows)
+        w = verdicts.get(f"judge-swapped/{where}")
+        row["verdict_swapped"] = w.value["verdict"] if w is not None and w.ok else None
+    return pd.DataFrame(rows, columns=["mode", "persona_id", "prompt_id", "answer_ok", "answer", "answer_reason",
+                                       "verdict", "judge_ok", "reason", "verdict_swapped"])
 
 
 # ------------------------------------------------------------------ 3. leave-one-out probe
@@ -322,7 +331,12 @@ def summarize_generative(judged: pd.DataFrame, seed: int, resamples: int = 2000)
                        "answer_rejects": int((~part.answer_ok).sum()), "judge_rejects": int(part.verdict.isna().sum())}
     scored = {m: v["value"] for m, v in modes.items() if v["value"] is not None}
     best = max(scored.values(), default=None)
-    return {"modes": modes, "best_mode": sorted(m for m, v in scored.items() if v == best) if scored else []}
+    out = {"modes": modes, "best_mode": sorted(m for m, v in scored.items() if v == best) if scored else []}
+    both = judged[judged.verdict.notna() & judged.verdict_swapped.notna()] if "verdict_swapped" in judged else []
+    if len(both):
+        out["label_order_consistency"] = round(float((both.verdict == both.verdict_swapped).mean()), 4)
+        out["label_order_checked"] = int(len(both))
+    return out
 
 
 def summarize_probe(rows: pd.DataFrame) -> dict:

@@ -105,6 +105,30 @@ def test_generative_score_counts_failed_answers_as_needing_revision():
     assert s["best_mode"] == ["baseline", "chain_of_thought"]
 
 
+def test_label_order_control_tells_a_reading_judge_from_a_copying_one():
+    items = pd.DataFrame([{"persona_id": f"u{i}", "prompt_id": f"q{i}", "persona": "age: 30\n",
+                           "instruction": f"Question {i}?"} for i in range(6)])
+    answers = {("output_only", f"u{i}", f"q{i}"): Outcome("k", True, {"answer": "GOOD" if i % 2 else "bad"}, "", None, 1, 0, 0)
+               for i in range(6)}
+
+    def judge(decide):
+        def run(role, asks, parse):
+            return {a.key: Outcome(a.key, True, {"reason": "r", "verdict": decide(a.messages[-1]["content"])}, "",
+                                   None, 1, 0, 0) for a in asks}
+        return run
+
+    reads = judge(lambda user: ev.NO_REVISION if "GOOD" in user else ev.NEEDS_REVISION)
+    rows = ev.judge_answers(items, answers, reads, label_control=True)
+    assert rows.verdict.tolist() == rows.verdict_swapped.tolist() == [ev.NEEDS_REVISION, ev.NO_REVISION] * 3
+    s = ev.summarize_generative(rows, 1, resamples=100)
+    assert (s["label_order_consistency"], s["label_order_checked"], s["modes"]["output_only"]["value"]) == (1.0, 6, 0.5)
+
+    copies_first = judge(lambda user: user.split('"verdict": "', 1)[1].split('"', 1)[0])
+    s = ev.summarize_generative(ev.judge_answers(items, answers, copies_first, label_control=True), 1, resamples=100)
+    assert s["label_order_consistency"] == 0.0 and s["modes"]["output_only"]["value"] == 0.0
+    assert "label_order_consistency" not in ev.summarize_generative(ev.judge_answers(items, answers, reads), 1, 100)
+
+
 # ------------------------------------------------------------------ the real engine
 
 def eval_args(model, data, out, work, *extra) -> list:
@@ -141,6 +165,7 @@ def test_report_has_every_measure(evaluated):
             lo, hi = e[part]["ci95"]
             assert 0 <= lo <= e[part]["value"] <= hi <= 1
         assert set(e["position"]) >= {"share_choosing_A", "accuracy_when_chosen_is_A", "order_consistency"}
+    assert 0 <= report["generative"]["label_order_consistency"] <= 1
     assert list(report["generative"]["modes"]) == sorted(ev.MODES)
     for e in report["generative"]["modes"].values():
         assert e["n"] + e["judge_rejects"] == report["generative"]["items"] > 0

@@ -72,5 +72,6 @@ def test_smollm2_eval_as_model_and_judge(smollm2_build, tmp_path):
     modes = report["generative"]["modes"]
     assert set(modes) == {"baseline", "output_only", "chain_of_thought", "demographic_summary"}
     assert all(m["n"] >= 1 for m in modes.values())
+    assert report["generative"]["label_order_checked"] >= 1
     assert set(report["attribute_probe"]["attributes"]) == {"age", "sex", "religion", "political_views"}
     assert report["requests"]["judge"]["requests"] >= 1
