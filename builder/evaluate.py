@@ -190,10 +190,10 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
     models = {"subject": subject} if subject == judge else {"subject": subject, "judge": judge}
     roles = {ev.SUBJECT: RoleConfig(model="subject", **sampling),
              ev.JUDGE: RoleConfig(model="judge" if "judge" in models else "subject", temperature=0.0, max_tokens=160)}
+    pairs = load_pairs(src, s.splits)  # before the models: a data problem should not wait for a model download
     cfg = EvalRun(seed=s.seed, models=models, roles=roles)
     revisions = resolve_revisions(cfg)
     run = StoreRunner(cfg, RequestStore(work / "requests.sqlite"), executor_for, revisions)
-    pairs = load_pairs(src, s.splits)
 
     # subject first, judge second: one engine swap when they are different models
     picked = pd.concat([ev.sample_pairs(pairs, s.seed, split, s.pairs_per_split) for split in s.splits],
@@ -203,12 +203,11 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
     pairwise = ev.score_pairwise(asks, outcomes)
 
     items = ev.sample_items(pairs, s.seed, s.personas, s.questions)
-    answer_asks = ev.answer_asks(items, ev.MODES, roles[ev.SUBJECT].max_tokens)
-    real = [a for a, _ in answer_asks if a is not None]
-    answers = run(ev.SUBJECT, [a for a in real if a.schema is None], ev.parse_plain)
-    answers |= run(ev.SUBJECT, [a for a in real if a.schema is not None], ev.parse_structured)
-    judged = ev.judge_answers(items, {(m["mode"], m["persona_id"], m["prompt_id"]): answers[m["key"]]
-                                      for _, m in answer_asks}, run, label_control=s.both_orders)
+    answer_asks, answer_rows = ev.answer_asks(items, ev.MODES, roles[ev.SUBJECT].max_tokens)
+    answers = run(ev.SUBJECT, [a for a in answer_asks if a.schema is None], ev.parse_plain)
+    answers |= run(ev.SUBJECT, [a for a in answer_asks if a.schema is not None], ev.parse_structured)
+    judged = ev.judge_answers(items, {(r["mode"], r["persona_id"], r["prompt_id"]): answers[r["key"]]
+                                      for r in answer_rows}, run, label_control=s.both_orders)
 
     probe_items = items[items.persona_id.isin(sorted(items.persona_id.unique())[:s.probe_personas])]
     probe_items = probe_items.groupby("persona_id", sort=True).head(s.probe_questions)

@@ -17,7 +17,6 @@ as the dataset build (stored, resumable, one seed per request derived from its k
 from __future__ import annotations
 
 import json
-import re
 
 import pandas as pd
 
@@ -108,30 +107,27 @@ def answer_schema(mode: str, max_answer_chars: int) -> dict:
             "required": [step, "answer"], "additionalProperties": False}
 
 
-def answer_asks(items: pd.DataFrame, modes: tuple[str, ...], max_tokens: int) -> list[tuple[Ask, dict]]:
-    """Asks for every (persona, question) item in every mode. The baseline answer does not see the
-    persona, so there is one per question, judged once per persona that got it."""
-    out, seen = [], set()
+def answer_asks(items: pd.DataFrame, modes: tuple[str, ...], max_tokens: int) -> tuple[list[Ask], list[dict]]:
+    """The distinct asks for every (persona, question) item in every mode, and one row per (mode,
+    item) naming its ask's key. The baseline answer does not see the persona, so there is one ask per
+    question, judged once per persona that got it."""
+    asks: dict[str, Ask] = {}
+    rows = []
     for it in items.itertuples(index=False):
+        question = {"role": "user", "content": it.instruction}
         for mode in modes:
-            meta = {"mode": mode, "persona_id": it.persona_id, "prompt_id": it.prompt_id}
             if mode == "baseline":
-                ask = Ask(key=f"answer/baseline/{it.prompt_id}", messages=[{"role": "user", "content": it.instruction}])
-                if ask.key in seen:
-                    out.append((None, {**meta, "key": ask.key}))
-                    continue
-                seen.add(ask.key)
-            elif mode == "output_only":
-                ask = Ask(key=f"answer/{mode}/{it.persona_id}/{it.prompt_id}",
-                          messages=_with_persona(it.persona, MODE_INSTRUCTIONS[mode])
-                          + [{"role": "user", "content": it.instruction}])
+                key, messages = f"answer/baseline/{it.prompt_id}", [question]
             else:
-                ask = Ask(key=f"answer/{mode}/{it.persona_id}/{it.prompt_id}",
-                          messages=_with_persona(it.persona, MODE_INSTRUCTIONS[mode])
-                          + [{"role": "user", "content": it.instruction}],
-                          schema=answer_schema(mode, 4 * max_tokens), max_tokens=max_tokens + STEP_CHARS // 3)
-            out.append((ask, {**meta, "key": ask.key}))
-    return out
+                key = f"answer/{mode}/{it.persona_id}/{it.prompt_id}"
+                messages = _with_persona(it.persona, MODE_INSTRUCTIONS[mode]) + [question]
+            if mode in STEP_FIELD:
+                asks[key] = Ask(key=key, messages=messages, schema=answer_schema(mode, 4 * max_tokens),
+                                max_tokens=max_tokens + STEP_CHARS // 3)
+            else:
+                asks.setdefault(key, Ask(key=key, messages=messages))
+            rows.append({"mode": mode, "persona_id": it.persona_id, "prompt_id": it.prompt_id, "key": key})
+    return list(asks.values()), rows
 
 
 def parse_plain(text: str) -> dict:
@@ -177,9 +173,9 @@ def judge_answers(items: pd.DataFrame, answers: dict[tuple, Outcome], run, label
     answer (measured: SmolLM2-135M picks whichever label comes first, every time).
     """
     rows, asks = [], []
-    text = {(it.persona_id, it.prompt_id): it for it in items.itertuples(index=False)}
+    item = {(it.persona_id, it.prompt_id): it for it in items.itertuples(index=False)}
     for (mode, persona_id, prompt_id), o in answers.items():
-        it = text[(persona_id, prompt_id)]
+        it = item[(persona_id, prompt_id)]
         row = {"mode": mode, "persona_id": persona_id, "prompt_id": prompt_id, "answer_ok": o.ok,
                "answer": o.value["answer"] if o.ok else None, "answer_reason": o.reason}
         if o.ok:
@@ -231,10 +227,10 @@ def without(text: str, attribute: str) -> str:
 
 def probe_asks(judged: pd.DataFrame, items: pd.DataFrame, attributes: list[str]) -> list[tuple[Ask, dict]]:
     """One judge ask per (judged answer, attribute), with that attribute left out of the persona."""
-    text = {(it.persona_id, it.prompt_id): it for it in items.itertuples(index=False)}
+    item = {(it.persona_id, it.prompt_id): it for it in items.itertuples(index=False)}
     out = []
     for row in judged.itertuples(index=False):
-        it = text[(row.persona_id, row.prompt_id)]
+        it = item[(row.persona_id, row.prompt_id)]
         for attribute in attributes:
             key = f"probe/{attribute}/{row.mode}/{row.persona_id}/{row.prompt_id}"
             out.append((judge_ask(key, without(it.persona, attribute), it.instruction, row.answer),
@@ -245,36 +241,27 @@ def probe_asks(judged: pd.DataFrame, items: pd.DataFrame, attributes: list[str])
 
 # ----------------------------------------------------------------------------- sampling
 
+def _pick(n: int, k: int, *purpose) -> list[int]:
+    """Sorted positions of a seeded sample of min(k, n) out of n, without replacement."""
+    return sorted(rng(*purpose).choice(n, size=min(k, n), replace=False)) if n else []
+
+
 def sample_items(pairs: pd.DataFrame, seed: int, personas: int, questions: int) -> pd.DataFrame:
     """Seeded (persona, question) items for the generative evaluation, from the given pairs."""
-    ids = sorted(pairs.persona_id.unique())
-    take = min(personas, len(ids))
-    chosen = sorted(rng(seed, "eval-personas").choice(ids, size=take, replace=False)) if take else []
-    rows = []
-    for pid in chosen:
-        own = pairs[pairs.persona_id == pid].drop_duplicates("prompt_id").sort_values("prompt_id")
-        k = min(questions, len(own))
-        pick = sorted(rng(seed, "eval-questions", pid).choice(len(own), size=k, replace=False))
-        rows.append(own.iloc[pick][["persona_id", "prompt_id", "persona", "instruction"]])
     cols = ["persona_id", "prompt_id", "persona", "instruction"]
+    ids = sorted(pairs.persona_id.unique())
+    rows = []
+    for pid in sorted(ids[i] for i in _pick(len(ids), personas, seed, "eval-personas")):
+        own = pairs[pairs.persona_id == pid].drop_duplicates("prompt_id").sort_values("prompt_id")
+        rows.append(own.iloc[_pick(len(own), questions, seed, "eval-questions", pid)][cols])
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
 
 
 def sample_pairs(pairs: pd.DataFrame, seed: int, split: str, limit: int | None) -> pd.DataFrame:
     part = pairs[pairs.split == split].sort_values("pair_id").reset_index(drop=True)
-    if limit is None or len(part) <= limit:
+    if limit is None:
         return part
-    pick = sorted(rng(seed, "eval-pairs", split).choice(len(part), size=limit, replace=False))
-    return part.iloc[pick].reset_index(drop=True)
-
-
-_WS = re.compile(r"\s+")
-
-
-def clip(text: str | None, n: int = 160) -> str:
-    """One-line excerpt for tables."""
-    t = _WS.sub(" ", text or "").strip()
-    return t if len(t) <= n else t[: n - 1] + "…"
+    return part.iloc[_pick(len(part), limit, seed, "eval-pairs", split)].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -332,7 +319,7 @@ def summarize_generative(judged: pd.DataFrame, seed: int, resamples: int = 2000)
     scored = {m: v["value"] for m, v in modes.items() if v["value"] is not None}
     best = max(scored.values(), default=None)
     out = {"modes": modes, "best_mode": sorted(m for m, v in scored.items() if v == best) if scored else []}
-    both = judged[judged.verdict.notna() & judged.verdict_swapped.notna()] if "verdict_swapped" in judged else []
+    both = judged[judged.verdict.notna() & judged.verdict_swapped.notna()]
     if len(both):
         out["label_order_consistency"] = round(float((both.verdict == both.verdict_swapped).mean()), 4)
         out["label_order_checked"] = int(len(both))

@@ -97,7 +97,7 @@ def test_generative_score_counts_failed_answers_as_needing_revision():
         {"mode": "chain_of_thought", "persona_id": "u1", "answer_ok": False, "verdict": ev.NEEDS_REVISION},
         {"mode": "chain_of_thought", "persona_id": "u2", "answer_ok": True, "verdict": ev.NO_REVISION},
         {"mode": "chain_of_thought", "persona_id": "u3", "answer_ok": True, "verdict": None},  # judge failed
-    ])
+    ]).assign(verdict_swapped=None)  # judged without the label-order control
     s = ev.summarize_generative(judged, 3, resamples=200)
     assert s["modes"]["baseline"]["value"] == 0.5 and s["modes"]["baseline"]["n"] == 2
     assert s["modes"]["chain_of_thought"] == {**s["modes"]["chain_of_thought"], "value": 0.5, "n": 2,
