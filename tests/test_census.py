@@ -280,14 +280,19 @@ def _rewrite_member(src: Path, dst: Path, member: str, edit) -> Path:
     return dst
 
 
-def test_official_bad_value_names_member_and_column(tmp_path):
+def _set_cell(line: int, column: str, value: str):
+    """An edit for _rewrite_member: CSV line `line` (0 = header) gets `value` in `column`."""
     def edit(text):
         lines = text.splitlines()
-        cols = lines[1].split(",")
-        cols[lines[0].split(",").index("AGEP")] = "forty"
-        lines[1] = ",".join(cols)
+        cols = lines[line].split(",")
+        cols[lines[0].split(",").index(column)] = value
+        lines[line] = ",".join(cols)
         return "\n".join(lines) + "\n"
-    z = _rewrite_member(FIX / "csv_pus.zip", tmp_path / "csv_pus.zip", "psam_pusb.csv", edit)
+    return edit
+
+
+def test_official_bad_value_names_member_and_column(tmp_path):
+    z = _rewrite_member(FIX / "csv_pus.zip", tmp_path / "csv_pus.zip", "psam_pusb.csv", _set_cell(1, "AGEP", "forty"))
     with pytest.raises(CensusError, match=r"csv_pus\.zip:psam_pusb\.csv: column AGEP: .*forty"):
         read_census(z)
 
@@ -309,22 +314,11 @@ def test_official_housing_missing_column(tmp_path):
 
 
 def test_official_unknown_housing_code_and_out_of_range_value(tmp_path):
-    def hht9(text):
-        lines = text.splitlines()
-        cols = lines[2].split(",")
-        cols[lines[0].split(",").index("HHT")] = "9"
-        lines[2] = ",".join(cols)
-        return "\n".join(lines) + "\n"
-    h = _rewrite_member(FIX / "csv_hus.zip", tmp_path / "csv_hus.zip", "psam_husa.csv", hht9)
+    h = _rewrite_member(FIX / "csv_hus.zip", tmp_path / "csv_hus.zip", "psam_husa.csv", _set_cell(2, "HHT", "9"))
     with pytest.raises(CensusError, match=r"csv_hus\.zip:psam_husa\.csv: column HHT row 1: code 9 not in"):
         read_census(FIX / "csv_pus.zip", housing=h, dictionary=TINY_DICT, unknown_codes="error")
 
-    def sex300(text):
-        lines = text.splitlines()
-        cols = lines[3].split(",")
-        cols[lines[0].split(",").index("SEX")] = "300"     # does not fit the int8 code column
-        lines[3] = ",".join(cols)
-        return "\n".join(lines) + "\n"
+    sex300 = _set_cell(3, "SEX", "300")  # does not fit the int8 code column
     z = _rewrite_member(FIX / "csv_pus.zip", tmp_path / "csv_pus.zip", "psam_pusa.csv", sex300)
     with pytest.raises(CensusError, match=r"psam_pusa\.csv: column SEX: .*int8.*300"):
         read_census(z)
