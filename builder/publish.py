@@ -23,6 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from huggingface_hub.hf_api import RepoFile
 
 from builder.manifest import check_files, sha256_file, verify_folder
+from generation.errors import PersonaError
 
 try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures TransportError
     from httpx2 import TransportError
@@ -42,7 +43,7 @@ ATTEMPTS = 5  # total tries per Hub call; tests lower these two
 BACKOFF_SECONDS = 2.0  # first wait; doubles each retry (2, 4, 8, 16 s)
 
 
-class PublishError(RuntimeError):
+class PublishError(PersonaError, RuntimeError):
     """A one-line, user-facing reason; the CLI prints it instead of a traceback."""
 
 

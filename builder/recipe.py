@@ -8,11 +8,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from generation.errors import PersonaError
 
 ROLES = ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser")
 
 
-class RecipeError(ValueError):
+class RecipeError(PersonaError, ValueError):
     pass
 
 

@@ -9,9 +9,10 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from generation.errors import PersonaError
 
 
-class StoreError(RuntimeError):
+class StoreError(PersonaError, RuntimeError):
     pass
 
 

