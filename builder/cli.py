@@ -121,7 +121,8 @@ def main(argv=None):
     from .pipeline import BuildError
     from .recipe import RecipeError
     from .store import StoreError
-    known = (EvalError, BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
+    from generation.errors import PersonaError
+    known = (PersonaError, EvalError, BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
     try:
         from .publish import PublishError
         known += (PublishError,)

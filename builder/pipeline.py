@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 from pathlib import Path
@@ -18,6 +17,7 @@ from datasets import Features
 
 from generation import census, pairs, personas, prompts, sampling
 
+from . import folders
 from . import manifest as mf
 from .executors import executor_for_recipe, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
@@ -125,8 +125,18 @@ def _jsonable(obj):
 def build(recipe_path: str, out: str | None = None, work: str | None = None, executor_for=None,
           executor: str | None = None, address: str | None = None, replicas: int | None = None) -> dict:
     recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
-    out_dir = Path(out or recipe.output.dir)
-    work_dir = Path(work or recipe.output.work_dir) / f"{recipe.name}-{recipe.fingerprint[:12]}"
+    out_dir = Path(out or recipe.output.dir).expanduser()
+    work_dir = folders.work_folder(work or recipe.output.work_dir, recipe.name)
+    # the output first, and checked before the work folder is even created: a refused --out leaves no trace
+    with folders.exclusive(folders.output_lock(out_dir), f"output folder {out_dir}"):
+        folders.check_output(out_dir)
+        with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):
+            for stale in folders.remove_stale_staging(out_dir):
+                say(f"removed {stale}, left by an interrupted build")
+            return _build(recipe, out_dir, work_dir, executor_for)
+
+
+def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
     say(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
@@ -172,13 +182,12 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
     tables[("prompts", "train")] = prompt_out.reset_index(drop=True)
     tables[("rejects", "train")] = rejects
 
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = folders.new_staging(out_dir)
     say(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
     if os.environ.get("PERSONA_FAULT") == "after_shards":  # test hook (tests/test_crash.py): a crash
         os.kill(os.getpid(), signal.SIGKILL)  # with shards written, before manifest, card and swap
+    folders.unmark(staging)
     fields = dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
         models={role: {"id": recipe.model_for(role).id, "revision": revisions[recipe.roles[role].model],
@@ -196,14 +205,9 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
     )
     manifest = mf.finalize(staging, shards, **_jsonable(fields))
     problems = mf.verify_folder(staging)
-    if problems:
-        raise RuntimeError("the fresh build does not verify: " + "; ".join(problems))
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if problems:  # a bug of ours or a disk that lies; the staging folder is left for inspection
+        raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
+    folders.swap_in(staging, out_dir)
     say(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
         f"{len(prefs):,} pairs, {len(people)} personas, {len(prompt_out)} prompts); verified against manifest.json")
     say(f'load it with: load_dataset("{out_dir}", "preferences")')

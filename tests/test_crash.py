@@ -81,10 +81,10 @@ def stored(store: Path) -> dict[str, tuple]:
 
 def seed_store(recipe: Path, work: Path, reference_store: Path, delete_sql: str | None = None) -> Path:
     """Copy the reference answers into the store `recipe` will use (the work folder is named after the
-    recipe's fingerprint); `delete_sql` (a WHERE clause) removes some so they must be generated again."""
+    recipe); `delete_sql` (a WHERE clause) removes some so they must be generated again."""
     from builder.recipe import load_recipe
     r = load_recipe(recipe)
-    path = work / f"{r.name}-{r.fingerprint[:12]}" / "requests.sqlite"
+    path = work / r.name / "requests.sqlite"
     path.parent.mkdir(parents=True)
     src, dst = sqlite3.connect(reference_store), sqlite3.connect(path)
     with dst:
@@ -112,7 +112,7 @@ def check_folder(out: Path, reference_out: Path) -> dict:
                               for p in s["files"]])
     assert prefs.num_rows == sum(manifest["counts"]["pairs"].values())
     assert len(set(prefs["pair_id"].to_pylist())) == prefs.num_rows  # no pair twice
-    assert not out.with_name(out.name + ".partial").exists()
+    assert not list(out.parent.glob(out.name + ".partial*"))  # no staging folder left behind
     return manifest
 
 
@@ -147,7 +147,7 @@ def copy_output(reference, dest: Path) -> Path:
 
 def test_kill_9_in_every_stage_then_resume_is_identical(reference, tmp_path):
     recipe, out, work = reference["recipe"], tmp_path / "persona", tmp_path / "work"
-    partial = out.with_name("persona.partial")
+    partials = lambda: list(out.parent.glob("persona.partial-*"))  # noqa: E731
     store = lambda: next(work.glob("*/requests.sqlite"), None)  # noqa: E731
 
     # 1. persona enrichment: filler answers stored, no pair generated yet
@@ -164,6 +164,7 @@ def test_kill_9_in_every_stage_then_resume_is_identical(reference, tmp_path):
     # 3. sharding: the hook kills the build once the shards are written, before manifest and swap
     p = run_build(recipe, out, work, PERSONA_FAULT="after_shards")
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+    [partial] = partials()
     assert list(partial.glob("preferences/*.parquet")) and not (partial / "manifest.json").exists()
     assert not out.exists()
 
@@ -188,7 +189,7 @@ def test_disk_full_is_one_line_then_a_rerun_completes(reference, tmp_path, where
         assert line.startswith(f"persona: error: request store {store}: could not write a chunk of 2 results:")
         assert line.endswith("database or disk is full")
     else:
-        assert "No space left on device" in line and str(out.with_name("persona.partial")) in line
+        assert "No space left on device" in line and f"{out.with_name('persona.partial')}-" in line
         assert line.endswith(".parquet.tmp'")
     assert rows_by_role(store) == rows                       # no answer lost, no half chunk
     assert (out / "SHA256SUMS").read_text() == sums          # the dataset already there is untouched
@@ -260,7 +261,7 @@ def test_bad_input_is_one_clear_line_and_keeps_what_was_built(reference, tmp_pat
     line = one_line_error(run_build(recipe, out, work))
     assert line.startswith("persona: error: ") and expected in line, line
     assert (out / "SHA256SUMS").read_text() == sums          # the dataset already there is untouched
-    assert not out.with_name("persona.partial").exists()
+    assert not list(out.parent.glob("persona.partial*"))
     if store:
         assert rows_by_role(store) == rows                   # stored answers kept (and none regenerated)
 
