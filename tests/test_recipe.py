@@ -96,6 +96,12 @@ def _write(tmp_path, text):
      "prompts.source: prompts file '/nonexistent/p.json' does not exist"),
     (lambda t: t.replace('source = "../shared/data/prism/prism_opening_prompts.json"',
                          'source = "hf://a/b@main:c/d"'), "prompts.sha256: pins a file"),
+    (lambda t: t.replace('source = "../shared/data/prism/prism_opening_prompts.json"\nsha256 = "cfb1',
+                         'source = "hf://a/b:c/d"\nxsha256 = "cfb1').replace("xsha256", "# sha256"),
+     "prompts.source: 'hf://a/b:c/d': a Hub source must look like hf://<repo>@<revision>:<config>/<field>"),
+    (lambda t: t.replace("../shared/data/census/acs-pums-2024-1yr", ""), "census.source: must be a folder"),
+    (lambda t: t.replace('id = "HuggingFaceTB/SmolLM2-135M-Instruct"', 'id = "x"\nrevision = ""'),
+     "models.smollm2.revision: must be a Hub commit"),
 ])
 def test_bad_recipes_name_file_and_key(tmp_path, monkeypatch, shared_data, edit, needle):
     monkeypatch.chdir(ROOT)
