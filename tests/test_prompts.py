@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,10 +15,11 @@ from generation.engine import Outcome
 from generation.ids import stable_id
 from generation.prompts import (
     CLASSIFY_SCHEMA, PAPER_HELDOUT_FRACTION, TOPICS, HubSource, PromptsError, assign, classify,
-    filter_prompts, normalise, pair_ids, parse_classification, parse_hf_source, prompt_id, read_file,
+    MAX_PROMPT_CHARS, filter_prompts, normalise, pair_ids, parse_classification, parse_hf_source, prompt_id, read_file,
     read_hub, read_prompts, select_prompts, split_prompts,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "prompts"
 PRISM_SHA256 = "cfb158d6619398c0905689326ab03224722a7e030f2371de8e47504325995818"  # from SOURCE.md
 FIXTURE_PROMPTS = json.loads((FIXTURES / "prompts.json").read_text())
@@ -51,6 +54,7 @@ def test_prism_rule_filter_and_dedup_counts(prism_file):
     assert stats["passed_rules"] - stats["duplicates_exact"] == 4620   # SOURCE.md: 4,620 distinct
     assert stats["duplicates_normalised"] == 14    # same text up to case / whitespace
     assert stats["after_dedup"] == len(table) == 4606
+    assert stats["too_long"] == 0                  # no PRISM prompt is near MAX_PROMPT_CHARS
     assert stats["no_question_mark"] + stats["too_short"] + stats["passed_rules"] == 8011
     assert table.prompt_id.is_unique
     assert all("?" in t and len(t.split()) >= 5 for t in table.text)
@@ -113,6 +117,29 @@ def test_malformed_rows_name_file_and_row(tmp_path):
         read_file(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("name, content, pattern", [
+    ("latin1.json", b'["Is caf\xe9 au lait fine for you?"]', r"latin1\.json: not UTF-8 text: byte offset 8: "),
+    ("bom.json", b'\xef\xbb\xbf["Is this fine for you today?"]', r"bom\.json: starts with a UTF-8 byte-order mark"),
+    ("surrogate.json", b'["Is this fine for you \\ud800 today?"]', r"surrogate\.json: row 1: a lone surrogate '\\ud800' at character 22"),
+    ("surrogate.jsonl", b'{"text": "ok?"}\n{"text": "Is \\udfff bad?"}\n', r"surrogate\.jsonl: line 2: a lone surrogate"),
+    ("utf8_surrogate.jsonl", b'"Is \xed\xa0\x80 bad?"\n', r"utf8_surrogate\.jsonl: not UTF-8 text: byte offset 4: "),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, r"deep\.json: JSON nested too deeply to read"),
+    ("deep.jsonl", b'"Is this fine for you today?"\n' + b"[" * 100_000 + b"]" * 100_000,
+     r"deep\.jsonl: line 2: JSON nested too deeply to read"),
+])
+def test_undecodable_files_name_the_file(tmp_path, name, content, pattern):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(PromptsError, match=pattern):
+        read_file(tmp_path / name)
+
+
+def test_jsonl_rows_may_hold_line_separator_characters(tmp_path):
+    prompts = ["Is this\u2028one prompt or two?", "And this \x85 one, is it fine?"]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+    assert read_file(f)[0] == prompts
+
+
 def test_hf_source_parsing():
     src = parse_hf_source("hf://HannahRoseKirk/prism-alignment@f34f19e924dbee4550a7bef330922f6677450da0:conversations/opening_prompt")
     assert src == HubSource("HannahRoseKirk/prism-alignment", "f34f19e924dbee4550a7bef330922f6677450da0",
@@ -133,7 +160,7 @@ def test_hub_reader_on_a_local_folder_with_the_prism_layout(tmp_path):
     src = parse_hf_source(f"hf://{repo}@0123abc:conversations/opening_prompt")
     prompts, prov = read_hub(src, cache_dir=str(tmp_path / "cache"))
     assert prompts == FIXTURE_PROMPTS
-    assert prov == {"repo": str(repo), "config": "conversations", "revision": "0123abc", "rows": 9}
+    assert prov == {"repo": str(repo), "config": "conversations", "revision": "0123abc", "commit": None, "rows": 9}
     with pytest.raises(PromptsError, match=r"no field 'prompt' \(fields: conversation_id, user_id, opening_prompt\)"):
         read_hub(HubSource(str(repo), "0123abc", "conversations", "prompt"), cache_dir=str(tmp_path / "cache"))
 
@@ -142,10 +169,19 @@ def test_hub_reader_on_a_local_folder_with_the_prism_layout(tmp_path):
 
 def test_filter_counts_every_step():
     table, stats = filter_prompts(FIXTURE_PROMPTS)
-    assert stats == {"input": 9, "no_question_mark": 2, "too_short": 1, "passed_rules": 6,
+    assert stats == {"input": 9, "no_question_mark": 2, "too_short": 1, "too_long": 0, "passed_rules": 6,
                      "duplicates_exact": 1, "duplicates_normalised": 1, "after_dedup": 4}
     # first occurrence kept, source order
     assert list(table.text) == [FIXTURE_PROMPTS[i] for i in (0, 2, 4, 6)]
+
+
+def test_a_huge_prompt_is_a_counted_reject():
+    huge = "Why is " + "very " * (MAX_PROMPT_CHARS // 5) + "long?"
+    limit = "Is " + "a" * (MAX_PROMPT_CHARS - 12) + " b c d e?"
+    assert len(limit) == MAX_PROMPT_CHARS and len(huge) > MAX_PROMPT_CHARS
+    table, stats = filter_prompts([huge, limit, "Is this one fine for you?", "no", "Short?"])
+    assert list(table.text) == [limit, "Is this one fine for you?"]
+    assert (stats["too_long"], stats["too_short"], stats["no_question_mark"], stats["passed_rules"]) == (1, 1, 1, 2)
 
 
 def test_prompt_id_is_a_hash_of_the_normalised_text():
@@ -339,3 +375,36 @@ def test_select_prompts_end_to_end_on_a_fixture():
     assert list(table.text) == [FIXTURE_PROMPTS[i] for i in (0, 2, 4)]
     assert stats["split"] == {"heldout_fraction": 0.34, "train": 2, "heldout": 1}
     assert Counter(table.pool) == {"train": 2, "heldout": 1}
+
+
+def test_hub_branch_is_recorded_as_the_commit_read(tmp_path):
+    """`hf://repo@main:...` on the test Hub (tests/hub_server.py): the provenance names the commit that
+    main pointed to, and the prompts are read at that commit."""
+    from tests.hub_server import Blob, HubServer, Repo
+    from .helpers import env
+
+    hub = HubServer().start()
+    try:
+        repo = hub.state.repos["persona-test/prism"] = Repo("persona-test/prism", private=False)
+        files = {p.name: Blob(p.read_bytes(), lfs=False) for p in (FIXTURES / "hub" / "prism-alignment").iterdir()}
+        commit = hub.state.new_commit(repo, None, "prompts", files)
+        repo.branches["main"] = commit.oid
+        code = ("import json, sys; from generation.prompts import read_prompts\n"
+                "try:\n    print(json.dumps(read_prompts(sys.argv[1])[1]))\n"
+                "except Exception as e:\n    print(type(e).__name__, e)")
+        hub_env = env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_HUB_DISABLE_XET="1",
+                      HF_HOME=tmp_path / "hf", HF_DATASETS_CACHE=tmp_path / "datasets")
+
+        def read(source):
+            p = subprocess.run([sys.executable, "-c", code, source], env=hub_env, cwd=ROOT, capture_output=True,
+                               text=True, timeout=300)
+            assert p.returncode == 0, p.stderr[-3000:]
+            return p.stdout.strip().splitlines()[-1]
+
+        prov = json.loads(read("hf://persona-test/prism@main:conversations/opening_prompt"))
+        assert prov == {"repo": "persona-test/prism", "config": "conversations", "revision": "main",
+                        "commit": commit.oid, "rows": 9}
+        line = read("hf://persona-test/prism@no-such-branch:conversations/opening_prompt")
+        assert line.startswith("PromptsError hf://persona-test/prism@no-such-branch: cannot resolve the revision")
+    finally:
+        hub.stop()

@@ -1,5 +1,7 @@
 """The durable request store and the runner: resume after kill -9, retries, counted rejects."""
 import json
+import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -9,7 +11,7 @@ import time
 import pytest
 
 from builder.store import RequestStore, Stored
-from .helpers import ROOT, env, recipe_text, run_py
+from .helpers import ROOT, env, one_line_error, recipe_text, run_py
 
 
 def _row(i, text="t"):
@@ -31,6 +33,97 @@ def test_store_on_unwritable_path_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="request store"):
         RequestStore(blocker / "s.sqlite")
+
+
+def test_store_records_its_answer_count_beside_it(tmp_path):
+    s = RequestStore(tmp_path / "s.sqlite")
+    s.put_many([_row(1), _row(2)])
+    s.put_many([_row(2), _row(3)])  # the duplicate is not counted
+    assert (tmp_path / "s.sqlite.count").read_text() == "3\n" and s.count() == 3
+    s.close()
+
+
+def test_random_bytes_are_a_store_error_naming_the_file(tmp_path):
+    from builder.store import StoreError
+    db = tmp_path / "s.sqlite"
+    db.write_bytes(random.Random(1).randbytes(64 * 1024))
+    with pytest.raises(StoreError) as e:
+        RequestStore(db)
+    assert str(e.value).startswith(f"request store {db}: cannot open it: ") and "move it" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_damaged_pages_are_a_store_error(tmp_path):
+    from builder.store import StoreError
+    db = tmp_path / "s.sqlite"
+    s = RequestStore(db)
+    s.put_many([_row(i, "x" * 500) for i in range(2000)])
+    s.close()                      # checkpointed: everything is in the main file
+    data = bytearray(db.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 4096):  # one page in the middle, header intact
+        data[i] = 0xFF
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as e:
+        RequestStore(db)           # PRAGMA quick_check finds it
+    assert str(e.value).startswith(f"request store {db}: cannot open it: damaged (")
+    assert "move it" in str(e.value) and "\n" not in str(e.value)
+
+
+def _lost(capfd, db, have, recorded):
+    err = capfd.readouterr().err
+    warning = [line for line in err.splitlines() if "WARNING" in line.upper()]
+    assert len(warning) == 1, err
+    assert f"request store {db} holds {have:,} answers but s.sqlite.count recorded {recorded:,}" in warning[0]
+
+
+def test_truncated_store_warns_with_both_counts(tmp_path, capfd):
+    db = tmp_path / "s.sqlite"
+    s = RequestStore(db)
+    s.put_many([_row(i) for i in range(500)])
+    s.close()
+    db.write_bytes(b"")            # e.g. a copy that failed half-way, or a disk repair
+    s = RequestStore(db)           # SQLite opens a 0-byte file as an empty database
+    assert s.count() == 0
+    _lost(capfd, db, 0, 500)
+    s.put_many([_row(1)])          # the count follows the database again: no second warning
+    s.close()
+    RequestStore(db).close()
+    assert "warning" not in capfd.readouterr().err
+
+
+def test_store_without_its_wal_warns(tmp_path, capfd):
+    db = tmp_path / "s.sqlite"
+    s = RequestStore(db)
+    s.put_many([_row(i) for i in range(40)])  # small: committed to the -wal file, not yet checkpointed
+    assert (tmp_path / "s.sqlite-wal").stat().st_size > 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("s.sqlite", "s.sqlite.count"):  # what is left when the -wal file is deleted
+        shutil.copy(tmp_path / name, copy / name)
+    s.close()
+    lost = RequestStore(copy / "s.sqlite")
+    assert lost.count() == 0
+    _lost(capfd, copy / "s.sqlite", 0, 40)
+    lost.close()
+    RequestStore(db).close()       # the original, with its -wal, is whole: no warning
+    assert "warning" not in capfd.readouterr().err
+
+
+def test_corrupt_store_is_one_line_from_the_cli(tmp_path, census_small, prism_file):
+    from builder.recipe import load_recipe
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(recipe_text(tmp_path, census=str(census_small), prism=str(prism_file)))
+    r = load_recipe(recipe)
+    work = tmp_path / "work"
+    # the build's store folder: <work>/<name>-<fingerprint12> today, maybe <work>/<name> later
+    stores = [work / f"{r.name}-{r.fingerprint[:12]}" / "requests.sqlite", work / r.name / "requests.sqlite"]
+    for db in stores:
+        db.parent.mkdir(parents=True)
+        db.write_bytes(random.Random(2).randbytes(8192))
+    line = one_line_error(run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", tmp_path / "out",
+                                  "--work", work]))
+    assert any(line.startswith(f"persona: error: request store {db}: cannot open it: ") for db in stores), line
+    assert "move it" in line
 
 
 def _run(recipe, store, n, out, mode="plain"):
