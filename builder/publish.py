@@ -114,7 +114,8 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     api = _api(token)
     _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
     # exist_ok keeps an existing repo as it is: publishing must not silently land with the other visibility
-    is_private = _hub("reading the repo's visibility", api.dataset_info, repo).private
+    # (an unknown visibility, None, is not taken as private)
+    is_private = bool(_hub("reading the repo's visibility", api.dataset_info, repo).private)
     if is_private != private:
         raise PublishError(
             f"{repo} exists and is public; refusing to publish with --private (nothing was uploaded): "
