@@ -18,6 +18,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 from datasets import Features
 
+from generation.errors import PersonaError
 from generation.ids import sha256_file  # noqa: F401  (re-exported: publish and tests use it from here)
 
 FORMAT = "persona-manifest/1"
@@ -26,19 +27,191 @@ SUMS = "SHA256SUMS"
 PLOT = "fidelity.png"
 CARD = "README.md"
 # `<config>/<split>-00000-of-00003.parquet`, as written by builder.shards.write_config
-SHARD = re.compile(r"(?P<config>[^/]+)/(?P<split>[^/]+)-\d{5}-of-\d{5}\.parquet")
+SHARD = re.compile(r"(?P<config>[^/]+)/(?P<split>[^/]+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet")
+MAX_MANIFEST_BYTES = 64 << 20  # a real manifest is well under 1 MB; refuse to parse a runaway file
+ECHO = 200  # at most this many characters of a manifest's value go into a message
 
 
-def local_listing(folder) -> dict[str, int]:
-    """{POSIX relative path: size} of every file in the folder except manifest.json and SHA256SUMS."""
+class ManifestError(PersonaError):
+    """manifest.json (or the folder it describes) is unreadable, malformed or unsafe; the message names
+    the file and the key, e.g. `persona/manifest.json: files[3].sha256: expected a 64-hex string`."""
+
+
+def local_listing(folder, problems: list[str] | None = None) -> dict[str, int]:
+    """{POSIX relative path: size} of every regular file in the folder except manifest.json and SHA256SUMS.
+
+    Symlinks (to files or folders), other non-regular entries and anything resolving outside the folder
+    are never listed: hashing or uploading through them would read files that are not the build. Each
+    is appended to `problems` when given (verify reports them), else raises ManifestError (publish, build).
+    """
     folder = Path(folder)
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for name in files:
-            rel = (Path(root) / name).relative_to(folder).as_posix()
-            if rel not in (MANIFEST, SUMS):
-                out[rel] = (Path(root) / name).stat().st_size
+    top = folder.resolve()
+    out, refused = {}, []
+    for root, dirs, files in os.walk(folder):  # never descends into symlinked folders
+        for name in sorted(dirs) + sorted(files):
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                refused.append(f"symlink: {rel} (refused: a build holds regular files only)")
+            elif not path.resolve().is_relative_to(top):
+                refused.append(f"outside: {rel} resolves outside {folder}")
+            elif name in files and not path.is_file():
+                refused.append(f"not a regular file: {rel}")
+            elif name in files and rel not in (MANIFEST, SUMS):
+                out[rel] = path.stat().st_size
+    if refused and problems is None:
+        raise ManifestError(f"{folder}: " + "; ".join(refused))
+    if problems is not None:
+        problems += refused
     return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------ reading
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def load_manifest(source, where: str | None = None) -> dict:
+    """Parse and check a manifest.json: `source` is its Path, or its text / bytes (e.g. from the Hub).
+
+    Everything publish and verify rely on is checked here (types, keys, safe relative paths), so
+    they can index the result freely. Any fault raises ONE ManifestError `<where>: <key>: <what>`.
+    """
+    if isinstance(source, Path):
+        where = where or str(source)
+        try:
+            if source.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ManifestError(f"{where}: {source.stat().st_size:,} bytes, more than a manifest can be")
+            source = source.read_bytes()
+        except OSError as e:
+            raise ManifestError(f"{where}: cannot be read ({e.strerror or type(e).__name__})") from None
+    where = where or MANIFEST
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(f"{where}: not UTF-8 (byte {e.start})") from None
+    try:
+        manifest = json.loads(source, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise ManifestError(f"{where}: nested too deeply to be a manifest") from None
+    except ValueError as e:
+        raise ManifestError(f"{where}: not valid JSON ({_clip(str(e))})") from None
+    try:
+        _check_manifest(manifest)
+    except _Bad as e:
+        key, what = e.args
+        raise ManifestError(f"{where}: {key}: {what}" if key else f"{where}: {what}") from None
+    return manifest
+
+
+class _Bad(Exception):
+    """(key, what) of the first fault found by _check_manifest."""
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ECHO else f"{text[:ECHO]}... ({len(text):,} characters)"
+
+
+def _key(parent: str, key) -> str:
+    name = key if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key) else json.dumps(_clip(key))
+    return f"{parent}.{name}" if parent else name
+
+
+def _get(obj: dict, parent: str, key: str, kind, what: str):
+    if key not in obj:
+        raise _Bad(_key(parent, key), "missing")
+    return _want(obj[key], _key(parent, key), kind, what)
+
+
+def _want(value, key: str, kind, what: str):
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is int and ok and value < 0:
+        ok = False
+    if not ok:
+        raise _Bad(key, f"expected {what}, got {_clip(json.dumps(value))}")
+    return value
+
+
+def path_problem(path) -> str | None:
+    """Why `path` is not a safe relative POSIX path inside a folder (or a repo); None when it is.
+    Checked here for every manifest path: the Hub client and the OS are not trusted to refuse them."""
+    if not isinstance(path, str):
+        return "expected a relative POSIX path"
+    if not path:
+        return "is empty"
+    if "\\" in path:
+        return "has a backslash"
+    if path.startswith("/"):
+        return "is absolute"
+    if re.match(r"[A-Za-z]:", path):
+        return "starts with a drive letter"
+    if any(ord(c) < 32 for c in path):
+        return "has a control character"
+    parts = path.split("/")
+    if "" in parts:
+        return "has an empty part"
+    if ".." in parts or "." in parts:
+        return "has a '.' or '..' part"
+    return None
+
+
+def _want_path(value, key: str) -> str:
+    why = path_problem(value)
+    if why:
+        raise _Bad(key, f"{_clip(json.dumps(value))} {why}" if isinstance(value, str) else why)
+    return value
+
+
+def _check_manifest(m) -> None:
+    if not isinstance(m, dict):
+        raise _Bad("", "expected a JSON object")
+    if m.get("format") != FORMAT:
+        raise _Bad("format", f"expected {FORMAT!r}, got {_clip(json.dumps(m.get('format')))}")
+    fingerprint = _get(m, "", "fingerprint", str, "a 64-hex string")
+    if not HEX64.fullmatch(fingerprint):
+        raise _Bad("fingerprint", f"expected a 64-hex string, got {_clip(json.dumps(fingerprint))}")
+    seen = set()
+    for i, f in enumerate(_get(m, "", "files", list, "a list")):
+        key = f"files[{i}]"
+        _want(f, key, dict, "an object")
+        path = _want_path(_get(f, key, "path", str, "a relative POSIX path"), f"{key}.path")
+        if path in seen:
+            raise _Bad(f"{key}.path", f"{_clip(json.dumps(path))} is listed twice")
+        seen.add(path)
+        _get(f, key, "bytes", int, "a byte count")
+        if not HEX64.fullmatch(_get(f, key, "sha256", str, "a 64-hex string")):
+            raise _Bad(f"{key}.sha256", f"expected a 64-hex string, got {_clip(json.dumps(f['sha256']))}")
+        if path.endswith(".parquet"):
+            _get(f, key, "rows", int, "a row count")
+        elif f.get("rows") is not None:
+            _want(f["rows"], f"{key}.rows", int, "a row count or null")
+    for config, splits in _get(m, "", "splits", dict, "an object").items():
+        ckey = _key("splits", config)
+        for split, info in _want(splits, ckey, dict, "an object").items():
+            key = _key(ckey, split)
+            _want(info, key, dict, "an object")
+            _get(info, key, "rows", int, "a row count")
+            for j, path in enumerate(_get(info, key, "files", list, "a list")):
+                _want_path(path, f"{key}.files[{j}]")
+                shard = SHARD.fullmatch(path)
+                if not shard or (shard["config"], shard["split"]) != (config, split):
+                    raise _Bad(f"{key}.files[{j}]", f"{_clip(json.dumps(path))} is not a shard of this split")
+    counts = _get(m, "", "counts", dict, "an object")
+    for split, n in _get(counts, "counts", "pairs", dict, "an object {split: pairs}").items():
+        _want(n, _key("counts.pairs", split), int, "a pair count")
+    if "personas" in counts:
+        _get(counts, "counts", "personas", int, "a persona count")
 
 
 def write_sha256sums(folder, known: dict[str, str] | None = None) -> Path:
@@ -123,7 +296,7 @@ def build_manifest(folder, *, name: str, recipe: str, seed: int, models: dict, s
     `known` maps relpath -> sha256 already computed (e.g. from write_config). `extra` keys are kept as is.
     """
     splits, features = splits_and_features(folder)
-    return {
+    manifest = {
         **extra,
         "format": FORMAT,
         "name": name,
@@ -143,6 +316,33 @@ def build_manifest(folder, *, name: str, recipe: str, seed: int, models: dict, s
         "features": features,
         "files": file_entries(folder, known),
     }
+    check_no_local_paths(manifest)
+    return manifest
+
+
+def check_no_local_paths(manifest: dict) -> None:
+    """Refuse (ManifestError) a manifest holding an absolute path of this machine: it is published, and
+    a path like /home/alice/... says who built it and where. Relative paths and URLs are fine."""
+    mine = {str(Path.home()), os.getcwd()} - {"", "/"}
+    here = [re.compile(re.escape(p.rstrip("/")) + r"(?=[/\\\s\"':]|$)", re.M) for p in mine]
+
+    def local(text: str) -> bool:
+        return (bool(re.match(r"/[^/\s]|~[\w.-]*/|[A-Za-z]:[\\/]", text))
+                or any(p.search(text) for p in here))
+
+    def walk(value, key: str):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k, key)
+                walk(v, _key(key, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str) and local(value):
+            raise ManifestError(f"{MANIFEST}: {key or 'key'}: {_clip(json.dumps(value))} is an absolute path of "
+                                "this machine; the published manifest must not record local paths")
+
+    walk(manifest, "")
 
 
 def dumps(manifest: dict) -> str:
@@ -183,10 +383,12 @@ def finalize(folder, shards: list[dict] | None = None, plot: bool = True, **fiel
     return manifest
 
 
-def check_files(manifest: dict, listing: dict[str, int], sha256_of: Callable[[str], str]) -> list[str]:
+def check_files(manifest: dict, listing: dict[str, int], sha256_of: Callable[[str], str],
+                intact: set[str] | None = None) -> list[str]:
     """Compare the manifest's `files` with what is there. `listing` maps relpath -> size (manifest.json
     and SHA256SUMS excluded); `sha256_of(relpath)` hashes a file. Returns problems; [] means ok.
-    Hashes are only computed for files whose size matches."""
+    Hashes are only computed for files whose size matches; `intact` (if given) gains every file
+    whose size and sha256 match."""
     problems = []
     expected = {f["path"]: f for f in manifest.get("files", [])}
     for path, entry in sorted(expected.items()):
@@ -196,6 +398,8 @@ def check_files(manifest: dict, listing: dict[str, int], sha256_of: Callable[[st
             problems.append(f"altered: {path} is {listing[path]} bytes, manifest says {entry['bytes']}")
         elif sha256_of(path) != entry["sha256"]:
             problems.append(f"altered: {path} sha256 differs from manifest ({entry['sha256'][:12]}...)")
+        elif intact is not None:
+            intact.add(path)
     for path in sorted(set(listing) - set(expected) - {MANIFEST, SUMS}):
         problems.append(f"extra: {path} ({listing[path]} bytes, not in manifest)")
     for config, config_splits in sorted(manifest.get("splits", {}).items()):
@@ -206,17 +410,69 @@ def check_files(manifest: dict, listing: dict[str, int], sha256_of: Callable[[st
     return problems
 
 
+def check_rows(manifest: dict, rows_of: Callable[[str], int | None]) -> list[str]:
+    """Completeness, for a manifest that passed load_manifest: every Parquet file has the rows its
+    `files` entry says, every split of `splits` has its rows in all of its shards, and the
+    preferences (personas) splits have the rows `counts.pairs` (`counts.personas`) says.
+
+    `rows_of(path)` gives the rows of an intact file, None for a missing or altered one (check_files
+    reports those; the splits they belong to are not summed again). Returns problems; [] means ok.
+    """
+    problems = []
+    entries = {f["path"]: f for f in manifest["files"]}
+    for path, entry in sorted(entries.items()):
+        rows = rows_of(path) if path.endswith(".parquet") else None
+        if rows is not None and rows != entry["rows"]:
+            problems.append(f"rows: {path} has {rows} rows, its files entry says {entry['rows']}")
+    present: dict[tuple[str, str], int] = {}  # rows really there, for the splits whose shards are all intact
+    listed = set()
+    for config, config_splits in sorted(manifest["splits"].items()):
+        for split, info in sorted(config_splits.items()):
+            listed.update(info["files"])
+            n = len(info["files"])
+            if set(info["files"]) != {f"{config}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)}:
+                totals = sorted({int(SHARD.fullmatch(p)["total"]) for p in info["files"]})
+                problems.append(f"incomplete: {config}/{split} lists {n} shard(s), their names say "
+                                f"{', '.join(map(str, totals)) or 'none'}")  # e.g. 2 listed of 00003
+            rows = [rows_of(p) if p in entries else 0 for p in info["files"]]
+            if None in rows:
+                continue
+            present[config, split] = sum(rows)
+            if sum(rows) != info["rows"]:
+                problems.append(f"incomplete: {config}/{split} has {sum(rows)} rows in its shards, "
+                                f"manifest splits says {info['rows']}")
+    for path in sorted(entries):
+        shard = SHARD.fullmatch(path)
+        if shard and path not in listed:
+            problems.append(f"manifest: {path} is a shard of {shard['config']}/{shard['split']}, "
+                            "absent from its splits")
+    counted = {("preferences", split, "counts.pairs"): n for split, n in manifest["counts"]["pairs"].items()}
+    if "personas" in manifest["counts"]:
+        counted["personas", "train", "counts.personas"] = manifest["counts"]["personas"]
+    for (config, split, key), n in sorted(counted.items()):
+        # an empty split is written as no shard at all (datasets cannot load it): absent = 0 rows
+        have = present.get((config, split)) if split in manifest["splits"].get(config, {}) else 0
+        if have is not None and have != n:
+            problems.append(f"incomplete: {config}/{split} has {have} rows, manifest {key} says {n}")
+    for split in sorted(set(manifest["splits"].get("preferences", {})) - set(manifest["counts"]["pairs"])):
+        problems.append(f"manifest: preferences/{split} is not counted in counts.pairs")
+    return problems
+
+
 def verify_folder(path) -> list[str]:
-    """Check a local folder against its manifest.json and SHA256SUMS. Returns problems; [] means ok."""
+    """Check a local folder against its manifest.json and SHA256SUMS: every file, and that every
+    split it counts is there with all its rows. Returns problems; [] means ok."""
     folder = Path(path)
+    problems: list[str] = []
+    files = local_listing(folder, problems)  # symlinks are reported there and never read
+    if (folder / MANIFEST).is_symlink():
+        return problems
+    if not (folder / MANIFEST).exists():
+        return problems + [f"missing: {MANIFEST}"]
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        return [f"missing: {MANIFEST}"]
-    except ValueError as e:
-        return [f"altered: {MANIFEST} is not valid JSON ({e})"]
-    if manifest.get("format") != FORMAT:
-        return [f"{MANIFEST}: format is {manifest.get('format')!r}, expected {FORMAT!r}"]
+        manifest = load_manifest(folder / MANIFEST)
+    except ManifestError as e:
+        return problems + [str(e)]
 
     hashes: dict[str, str] = {}
 
@@ -225,24 +481,39 @@ def verify_folder(path) -> list[str]:
             hashes[rel] = sha256_file(folder / rel)
         return hashes[rel]
 
-    files = local_listing(folder)
-    problems = check_files(manifest, files, sha256_of)
+    intact: set[str] = set()
+    problems += check_files(manifest, files, sha256_of, intact)
 
+    rows: dict[str, int | None] = {}
+
+    def rows_of(rel: str) -> int | None:  # the shard's own footer, not the manifest's word
+        if rel in intact and rel not in rows:
+            try:
+                rows[rel] = pq.read_metadata(folder / rel).num_rows
+            except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+                problems.append(f"unreadable: {rel} is not a Parquet file ({_clip(str(e))})")
+                rows[rel] = None
+        return rows.get(rel)
+
+    problems += check_rows(manifest, rows_of)
+
+    if (folder / SUMS).is_symlink():
+        return problems
     try:
-        sums_text = (folder / SUMS).read_text()
+        sums_text = (folder / SUMS).read_text(errors="replace")
     except FileNotFoundError:
         return problems + [f"missing: {SUMS}"]
     sums = {}
     for line in sums_text.splitlines():
         digest, sep, rel = line.partition("  ")
         if not sep:
-            problems.append(f"{SUMS}: malformed line {line!r}")
+            problems.append(f"{SUMS}: malformed line {_clip(repr(line))}")
             continue
         sums[rel] = digest
     present = set(files) | {MANIFEST}
     for rel in sorted(sums):
         if rel not in present:
-            problems.append(f"{SUMS}: lists {rel}, which is not in the folder")
+            problems.append(f"{SUMS}: lists {_clip(rel)}, which is not in the folder")
         elif sha256_of(rel) != sums[rel]:
             problems.append(f"{SUMS}: sha256 of {rel} differs")
     for rel in sorted(present - set(sums)):

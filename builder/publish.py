@@ -6,12 +6,12 @@ keeps returning the same rows after v1.1.0 is out. Tags are never moved, overwri
 
 The Hub address comes from HF_ENDPOINT (read by huggingface_hub at import). The token is passed to
 the client and nowhere else: it is never printed, logged, written, or put into an error message
-(PublishError texts are built from our own words and the server's short error message only).
+(PublishError texts are built from our own words and the server's short error message, and any
+token-like text in them is redacted). Reads of a public repo (verify, versions) never send it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import tempfile
@@ -22,7 +22,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ge
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from builder.manifest import check_files, sha256_file, verify_folder
+from builder.manifest import (MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file,
+                              verify_folder)
 from generation.errors import PersonaError
 
 try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures TransportError
@@ -41,10 +42,46 @@ CONFIG = "preferences"
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 ATTEMPTS = 5  # total tries per Hub call; tests lower these two
 BACKOFF_SECONDS = 2.0  # first wait; doubles each retry (2, 4, 8, 16 s)
+# An anonymous read answered with these may be a private repo: only then is it retried with the token.
+NOT_VISIBLE = (401, 403, 404)
+TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{10,}")
+_tokens: set[str] = set()  # every token handed to a client in this process, for redact()
+
+
+def redact(text: str) -> str:
+    """`text` without any token given to a client here, nor anything shaped like a Hub token (a server
+    may echo the Authorization header in its error message)."""
+    for token in sorted(_tokens, key=len, reverse=True):
+        text = text.replace(token, "<redacted>")
+    return TOKEN_LIKE.sub("<redacted>", text)
 
 
 class PublishError(PersonaError, RuntimeError):
-    """A one-line, user-facing reason; the CLI prints it instead of a traceback."""
+    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted.
+    `status` is the HTTP status of the Hub answer that caused it, if any."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(redact(message))
+        self.status = status
+
+
+def _api(token) -> HfApi:
+    """A client sending `token` (False: none, not even a saved login)."""
+    if isinstance(token, str):
+        _tokens.add(token)
+    return HfApi(token=token, library_name="persona")
+
+
+def _anonymous_first(token: str | None, read):
+    """`read(api)` without a token; only if the Hub says 401/403/404 (maybe a private repo), again
+    with the token. A public repo is read without ever sending it."""
+    try:
+        return read(_api(False))
+    except PublishError as e:
+        token = token or get_token()
+        if e.status not in NOT_VISIBLE or not token:
+            raise
+    return read(_api(token))
 
 
 def load_line(repo: str, version: str) -> str:
@@ -57,10 +94,10 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     if not SEMVER.fullmatch(version):  # cheap checks first: refuse before hashing gigabytes
         raise PublishError(f"version {version!r} is not a semantic version like v1.2.3")
     folder = Path(path)
-    problems = verify_folder(folder)
+    problems = verify_folder(folder)  # also refuses symlinks, unsafe paths and missing rows
     if problems:
         raise PublishError(f"{folder} does not match its manifest: " + "; ".join(problems))
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = load_manifest(folder / MANIFEST)
     paths = [f["path"] for f in manifest["files"]] + list(SIDECARS)
     sizes = {p: (folder / p).stat().st_size for p in paths}
 
@@ -74,8 +111,17 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     token = token or get_token()  # argument, else HF_TOKEN, else the saved `hf auth login`
     if not token:
         raise PublishError("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`")
-    api = HfApi(token=token, library_name="persona")
+    api = _api(token)
     _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
+    # exist_ok keeps an existing repo as it is: publishing must not silently land with the other visibility
+    # (an unknown visibility, None, is not taken as private)
+    is_private = bool(_hub("reading the repo's visibility", api.dataset_info, repo).private)
+    if is_private != private:
+        raise PublishError(
+            f"{repo} exists and is public; refusing to publish with --private (nothing was uploaded): "
+            "make the repo private on the Hub first, or publish without --private" if private else
+            f"{repo} exists and is private; refusing to publish without --private (nothing was uploaded): "
+            "pass --private to add a version to it, or make the repo public on the Hub first")
     refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
     taken = {t.name: t.target_commit for t in refs.tags}
     if version in taken:
@@ -125,23 +171,27 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
 
 
 def verify_remote(repo: str, revision: str, token: str | None = None) -> list[str]:
-    """Problems between `repo`@`revision` and the manifest.json stored there; [] = intact."""
-    token = token or get_token()
-    api = HfApi(token=token, library_name="persona")
-    # pin the revision to a commit so the manifest and the listing come from the same snapshot
-    commit = _hub(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
-    with tempfile.TemporaryDirectory() as tmp:
-        local = _hub("downloading manifest.json", api.hf_hub_download, repo, "manifest.json",
-                     repo_type="dataset", revision=commit, cache_dir=tmp)
-        manifest = json.loads(Path(local).read_text())
-    return _remote_problems(api, repo, commit, manifest, with_sidecars=False)
+    """Problems between `repo`@`revision` and the manifest.json stored there; [] = intact.
+    Read anonymously; the token is sent only if the repo is not visible without it."""
+    def read(api: HfApi) -> list[str]:
+        # pin the revision to a commit so the manifest and the listing come from the same snapshot
+        commit = _hub(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
+        with tempfile.TemporaryDirectory() as tmp:
+            local = _hub("downloading manifest.json", api.hf_hub_download, repo, MANIFEST,
+                         repo_type="dataset", revision=commit, cache_dir=tmp)
+            try:
+                manifest = load_manifest(Path(local), where=f"{repo}@{commit[:12]}:{MANIFEST}")
+            except ManifestError as e:
+                return [str(e)]
+        return _remote_problems(api, repo, commit, manifest, with_sidecars=False)
+
+    return _anonymous_first(token, read)
 
 
 def list_versions(repo: str, token: str | None = None) -> list[tuple[str, str]]:
-    """(tag, commit) of every semantic-version tag, oldest version first."""
-    token = token or get_token()
-    api = HfApi(token=token, library_name="persona")
-    refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+    """(tag, commit) of every semantic-version tag, oldest version first (read as verify_remote)."""
+    refs = _anonymous_first(token, lambda api: _hub("reading the repo's refs", api.list_repo_refs, repo,
+                                                    repo_type="dataset"))
     # other tags (if someone adds them by hand) are not versions of this dataset
     versions = [(t.name, t.target_commit) for t in refs.tags if SEMVER.fullmatch(t.name)]
     return sorted(versions, key=lambda v: tuple(int(x) for x in SEMVER.fullmatch(v[0]).groups()))
@@ -163,7 +213,11 @@ def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_
                          revision=revision, cache_dir=tmp)
             return sha256_file(Path(local))
 
-    return check_files(manifest, listing, sha256_of)
+    intact: set[str] = set()
+    problems = check_files(manifest, listing, sha256_of, intact)
+    # the shards' rows as the manifest lists them: their sha256 matched, so they are the files it describes
+    rows = {f["path"]: f.get("rows") for f in manifest["files"]}
+    return problems + check_rows(manifest, lambda p: rows[p] if p in intact else None)
 
 
 def _hub(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
@@ -179,7 +233,7 @@ def _hub(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
             if status in passthrough:
                 raise
             if status not in RETRY_STATUS or attempt == ATTEMPTS:
-                raise PublishError(f"{what} failed{_after(attempt)}: {_reason(e, status)}") from None
+                raise PublishError(f"{what} failed{_after(attempt)}: {_reason(e, status)}", status) from None
         except TransportError as e:
             if attempt == ATTEMPTS:
                 raise PublishError(f"{what} failed{_after(attempt)}: cannot reach the Hub "
@@ -201,5 +255,5 @@ def _reason(e: HfHubHTTPError, status: int | None) -> str:
     if status == 412:
         return "main changed while publishing (concurrent publish?); nothing was tagged, re-run to retry"
     detail = (e.server_message or "").strip().splitlines()
-    return f"HTTP {status}" + (f" {detail[0]}" if detail else "")
+    return f"HTTP {status}" + (f" {redact(detail[0])[:200]}" if detail else "")
 

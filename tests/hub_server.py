@@ -94,7 +94,10 @@ class HubState:
         self.repos: dict[str, Repo] = {}
         self.lfs_store: dict[str, bytes] = {}  # sha256 -> bytes uploaded via the LFS PUT href
         self.fail_commits = False  # fault injection: every commit request answers HTTP 500
+        self.echo_auth = False  # fault injection: error messages quote the Authorization header they got
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answered request
+        # (method, path, whether an Authorization header came) of every answered request; never its value
+        self.auth_sent: list[tuple[str, str, bool]] = []
         self.unknown: list[tuple[str, str]] = []
         self.authorized_writes = 0  # proves the client really sent the token
         self.lock = threading.RLock()
@@ -133,6 +136,7 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"):
         with self.state.lock:
             self.state.requests.append((self.command, urlsplit(self.path).path, status))
+            self.state.auth_sent.append((self.command, urlsplit(self.path).path, "Authorization" in self.headers))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -192,6 +196,9 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": e.message}
             if e.code:
                 headers["X-Error-Code"] = e.code
+            if self.state.echo_auth:  # as a careless server might, in its answer's body (never in a log)
+                e.message += f" (request had Authorization: {self.headers.get('Authorization')})"
+                del headers["X-Error-Message"]  # the clients log headers at DEBUG, which we cannot redact
             self._json({"error": e.message, **e.extra}, e.status, headers)
         except Exception:  # a bug in this server: make it loud, and still answer
             traceback.print_exc()

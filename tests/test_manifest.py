@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from datasets import Features, List, Value, load_dataset
 
-from builder.manifest import (FORMAT, check_files, finalize, package_versions, sha256_file, verify_folder,
+from builder.manifest import (FORMAT, ManifestError, build_manifest, check_files, finalize, load_manifest,
+                              local_listing, package_versions, sha256_file, verify_folder, write_manifest,
                               write_sha256sums)
 from builder.shards import write_config
 from dataset_card.card import render_card
@@ -25,7 +28,7 @@ FIELDS = dict(
     versions={"python": "3.11.7", "vllm": None, "torch": None, "datasets": "x", "pyarrow": "y",
               "huggingface_hub": "z", "persona": "0.1.0"},
     sources={"census": {"name": "ACS PUMS 2024 1-year", "sha256": "ab" * 32}},
-    counts={"personas": 4, "pairs": 12},
+    counts={"personas": 4, "pairs": {"train": 40, "test_seen": 5, "test_unseen": 3}},
     rejects={"enrich": {"schema": 2}, "check": {"incoherent": 1}},
     fidelity=[{"attribute": "sex", "category": "female", "population_share": 0.51, "sample_share": 0.5},
               {"attribute": "sex", "category": "male", "population_share": 0.49, "sample_share": 0.5}],
@@ -152,3 +155,185 @@ def test_package_versions_keys():
     versions = package_versions()
     assert set(versions) == {"python", "vllm", "torch", "datasets", "pyarrow", "huggingface_hub", "persona"}
     assert versions["pyarrow"] == pa.__version__
+
+
+# --- completeness: the counted splits and rows are all there ---------------------------------
+
+def drop(folder, prefix, splits=True):
+    """Remove every file under `prefix` and rewrite manifest `files` (and `splits` if asked) and
+    SHA256SUMS to match, as a careless hand edit would: only `counts` still says what was built."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for f in manifest["files"]:
+        if f["path"].startswith(prefix):
+            (folder / f["path"]).unlink()
+    manifest["files"] = [f for f in manifest["files"] if not f["path"].startswith(prefix)]
+    if splits:
+        manifest["splits"].pop(prefix.rstrip("/"))
+    write_manifest(folder, manifest)
+    write_sha256sums(folder)
+    return manifest
+
+
+def test_verify_refuses_a_folder_without_its_counted_pairs(folder):
+    drop(folder, "preferences/")
+    assert verify_folder(folder) == [
+        "incomplete: preferences/test_seen has 0 rows, manifest counts.pairs says 5",
+        "incomplete: preferences/test_unseen has 0 rows, manifest counts.pairs says 3",
+        "incomplete: preferences/train has 0 rows, manifest counts.pairs says 40"]
+
+
+def test_verify_refuses_a_split_missing_its_files(folder):
+    drop(folder, "personas/", splits=False)  # `splits` still lists the shard, `files` does not
+    assert verify_folder(folder) == [
+        "manifest: split personas/train names personas/train-00000-of-00001.parquet, absent from its files",
+        "incomplete: personas/train has 0 rows in its shards, manifest splits says 4",
+        "incomplete: personas/train has 0 rows, manifest counts.personas says 4"]
+
+
+def test_verify_refuses_a_dropped_shard_and_wrong_row_counts(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    train = manifest["splits"]["preferences"]["train"]
+    last = train["files"].pop()  # one of several train shards gone, the split's rows edited to match
+    (folder / last).unlink()
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != last]
+    left = sum(pq.read_metadata(folder / p).num_rows for p in train["files"])
+    train["rows"] = left
+    prompts = next(f for f in manifest["files"] if f["path"].startswith("prompts/"))
+    prompts["rows"] = 3  # the shard's footer says 2
+    write_manifest(folder, manifest)
+    write_sha256sums(folder)
+    n = len(train["files"])
+    assert verify_folder(folder) == [
+        "rows: prompts/train-00000-of-00001.parquet has 2 rows, its files entry says 3",
+        f"incomplete: preferences/train lists {n} shard(s), their names say {n + 1}",
+        f"incomplete: preferences/train has {left} rows, manifest counts.pairs says 40"]
+
+
+# --- one checked reading of manifest.json -------------------------------------------------------
+
+def edited(folder, edit):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    return json.dumps(manifest)
+
+
+def set_file(i, key, value):
+    return lambda m: m["files"][i].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_file(3, "sha256", "x" * 64), "files[3].sha256: expected a 64-hex string, got \"xxxx"),
+    (set_file(0, "bytes", "12"), 'files[0].bytes: expected a byte count, got "12"'),
+    (set_file(0, "bytes", True), "files[0].bytes: expected a byte count, got true"),
+    (set_file(2, "rows", None), "files[2].rows: expected a row count, got null"),  # a Parquet shard
+    (lambda m: m["files"][1].pop("sha256"), "files[1].sha256: missing"),
+    (lambda m: m.pop("splits"), "splits: missing"),
+    (lambda m: m.update(format="other/1"), "format: expected 'persona-manifest/1', got \"other/1\""),
+    (lambda m: m["counts"].update(pairs=48), "counts.pairs: expected an object {split: pairs}, got 48"),
+    (lambda m: m["counts"]["pairs"].update(train=-1), "counts.pairs.train: expected a pair count, got -1"),
+    (lambda m: m.update(files={}), "files: expected a list, got {}"),
+    (set_file(0, "path", "../outside.txt"), "files[0].path: \"../outside.txt\" has a '.' or '..' part"),
+    (set_file(0, "path", "a/./b"), "files[0].path: \"a/./b\" has a '.' or '..' part"),
+    (set_file(0, "path", "/etc/passwd"), "files[0].path: \"/etc/passwd\" is absolute"),
+    (set_file(0, "path", "C:x.txt"), "files[0].path: \"C:x.txt\" starts with a drive letter"),
+    (set_file(0, "path", "a\\b.txt"), "files[0].path: \"a\\\\b.txt\" has a backslash"),
+    (set_file(0, "path", "a//b.txt"), "files[0].path: \"a//b.txt\" has an empty part"),
+    (set_file(0, "path", ""), 'files[0].path: "" is empty'),
+    (set_file(0, "path", 7), "files[0].path: expected a relative POSIX path, got 7"),
+    (set_file(1, "path", "README.md"), "files[1].path: \"README.md\" is listed twice"),
+    (lambda m: m["splits"]["personas"]["train"]["files"].append("../../x/train-00000-of-00001.parquet"),
+     "splits.personas.train.files[1]: \"../../x/train-00000-of-00001.parquet\" has a '.' or '..' part"),
+    (lambda m: m["splits"]["personas"]["train"]["files"].append("prompts/train-00000-of-00001.parquet"),
+     "splits.personas.train.files[1]: \"prompts/train-00000-of-00001.parquet\" is not a shard of this split"),
+])
+def test_load_manifest_names_the_file_and_key(folder, edit, message):
+    with pytest.raises(ManifestError) as e:
+        load_manifest(edited(folder, edit), "persona/manifest.json")
+    assert str(e.value).startswith(f"persona/manifest.json: {message}")
+    # verify reports the same single line, naming the file on disk
+    (folder / "manifest.json").write_text(edited(folder, edit))
+    assert verify_folder(folder) == [str(e.value).replace("persona/manifest.json", str(folder / "manifest.json"))]
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"format": ', "not valid JSON (Expecting value: line 1 column 12"),
+    (b'{"format": "persona-manifest/1", "format": 1}', "not valid JSON (duplicate key 'format')"),
+    (b'{"fingerprint": NaN}', "not valid JSON (NaN is not JSON)"),
+    (b'\xff{}', "not UTF-8 (byte 0)"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply to be a manifest"),
+    (b"[]", "expected a JSON object"),
+])
+def test_load_manifest_refuses_unreadable_text(tmp_path, data, message):
+    (tmp_path / "manifest.json").write_bytes(data)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(tmp_path / "manifest.json")
+    assert str(e.value).startswith(f"{tmp_path / 'manifest.json'}: {message}")
+
+
+def test_load_manifest_echoes_little_of_a_huge_value(folder):
+    with pytest.raises(ManifestError) as e:
+        load_manifest(edited(folder, set_file(0, "sha256", "ab" * 500_000)), "m.json")
+    assert str(e.value).startswith("m.json: files[0].sha256: expected a 64-hex string")
+    assert len(str(e.value)) < 400
+
+
+# --- symlinks: a build holds its own regular files only -----------------------------------------
+
+def test_verify_refuses_symlinks_out_of_the_folder(folder, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shard = "prompts/train-00000-of-00001.parquet"
+    (folder / shard).rename(outside / "shard.parquet")  # same bytes: the hashes still match
+    (folder / shard).symlink_to(outside / "shard.parquet")
+    (folder / "personas").rename(outside / "personas")  # a whole folder linked in
+    (folder / "personas").symlink_to(outside / "personas")
+    problems = verify_folder(folder)
+    assert problems[:2] == ["symlink: personas (refused: a build holds regular files only)",
+                            f"symlink: {shard} (refused: a build holds regular files only)"]
+    assert f"missing: {shard} (in manifest, {(outside / 'shard.parquet').stat().st_size} bytes)" in problems
+    with pytest.raises(ManifestError, match="symlink: personas"):
+        local_listing(folder)
+
+
+def test_verify_refuses_a_symlinked_manifest(folder, tmp_path):
+    (folder / "manifest.json").rename(tmp_path / "manifest.json")
+    (folder / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    assert verify_folder(folder) == ["symlink: manifest.json (refused: a build holds regular files only)"]
+
+
+# --- no absolute local paths in what is published ------------------------------------------------
+
+def only_shards(tmp_path):
+    folder = tmp_path / "shards"
+    write_config(folder, "personas", "train", pa.table({"persona_id": ["p0"], "age": [30], "persona": ["a"]}),
+                 PERSONAS)
+    return folder
+
+
+@pytest.mark.parametrize("key, value, where", [
+    ("sources", {"census": {"path": "/data/census/acs"}}, "sources.census.path"),
+    ("sources", {"prompts": {"path": "~/prism.json"}}, "sources.prompts.path"),
+    ("sources", {"census": {"files": [{"file": "C:\\data\\csv_pus.zip:psam_pusa.csv"}]}},
+     "sources.census.files[0].file"),
+    ("models", {"respond": {"path": "models/x", "note": "from HOME/models"}}, "models.respond.note"),
+    ("recipe", 'seed = 7\n[census]\nsource = "CWD/census"\n', "recipe"),
+])
+def test_build_manifest_refuses_local_paths(tmp_path, monkeypatch, key, value, where):
+    monkeypatch.chdir(tmp_path)
+    folder = only_shards(tmp_path)
+    fields = dict(FIELDS)
+    fields[key] = json.loads(json.dumps(value).replace("HOME", str(Path.home())).replace("CWD", str(tmp_path)))
+    with pytest.raises(ManifestError) as e:
+        build_manifest(folder, **fields)
+    assert str(e.value).startswith(f"manifest.json: {where}: ")
+    assert "is an absolute path of this machine" in str(e.value)
+
+
+def test_build_manifest_keeps_relative_paths_and_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fields = dict(FIELDS, sources={
+        "census": {"path": "../shared/data/census/acs-pums-2024-1yr", "files": [{"file": "p_10.parquet"}],
+                   "persons": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_pus.zip"},
+        "prompts": {"repo": "hf://HannahRoseKirk/prism-alignment@main:conversations/opening_prompt"}})
+    manifest = build_manifest(only_shards(tmp_path), **fields)
+    assert manifest["sources"] == fields["sources"]

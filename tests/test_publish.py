@@ -76,6 +76,7 @@ def build(folder: Path, seed: int, train_shards: int = 1) -> dict[str, list[dict
     recipe = f"name = 'test'\nseed = {seed}\n"
     manifest = {"format": mf.FORMAT, "name": "persona", "version": None, "seed": seed,
                 "fingerprint": hashlib.sha256(recipe.encode()).hexdigest(), "recipe": recipe,
+                "splits": mf.splits_and_features(folder)[0], "counts": {"pairs": sizes},
                 "files": mf.file_entries(folder)}
     mf.write_manifest(folder, manifest)
     mf.write_sha256sums(folder)
@@ -282,6 +283,103 @@ def test_token_never_leaks(hub, tmp_path):
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaks == []
     assert any((tmp_path / "hf_home").rglob("*")) and any((tmp_path / "datasets_cache").rglob("*"))
+
+
+def test_visibility_must_match_the_existing_repo(hub, client, tmp_path):
+    build(tmp_path / "b1", seed=1)
+    public = client.one("publish", path=tmp_path / "b1", repo=REPO, version="v1.0.0")["ok"]
+    private_repo = "persona-test/private"
+    client.one("publish", path=tmp_path / "b1", repo=private_repo, version="v1.0.0", private=True)
+    before = {name: (dict(r.branches), dict(r.tags)) for name, r in hub.state.repos.items()}
+    into_public, into_private = client.run(
+        ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v1.1.0", "private": True}],
+        ["publish", {"path": tmp_path / "b1", "repo": private_repo, "version": "v1.1.0"}])
+    assert into_public["error"] == (
+        f"{REPO} exists and is public; refusing to publish with --private (nothing was uploaded): "
+        "make the repo private on the Hub first, or publish without --private")
+    assert into_private["error"] == (
+        f"{private_repo} exists and is private; refusing to publish without --private (nothing was uploaded): "
+        "pass --private to add a version to it, or make the repo public on the Hub first")
+    assert {name: (dict(r.branches), dict(r.tags)) for name, r in hub.state.repos.items()} == before
+    assert not hub.state.repos[REPO].private and hub.state.repos[REPO].tags == {"v1.0.0": public["commit"]}
+
+
+def test_reads_of_a_public_repo_send_no_token(hub, client, tmp_path):
+    build(tmp_path / "b1", seed=1)
+    public, private = client.run(
+        ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v1.0.0"}],
+        ["publish", {"path": tmp_path / "b1", "repo": "persona-test/private", "version": "v1.0.0", "private": True}])
+    del hub.state.auth_sent[:]
+    # HF_TOKEN is set in the client's environment and given as an argument: neither is sent
+    assert client.run(["verify", {"repo": REPO, "revision": "v1.0.0", "token": TOKEN}],
+                      ["versions", {"repo": REPO}]) == [{"ok": []}, {"ok": [["v1.0.0", public["ok"]["commit"]]]}]
+    assert hub.state.auth_sent and not any(sent for _, _, sent in hub.state.auth_sent)
+
+    del hub.state.auth_sent[:]  # a private repo: refused anonymously (404), then read with the token
+    assert client.run(["verify", {"repo": "persona-test/private", "revision": "v1.0.0"}],
+                      ["versions", {"repo": "persona-test/private"}]) == [
+        {"ok": []}, {"ok": [["v1.0.0", private["ok"]["commit"]]]}]
+    sent = [s for _, _, s in hub.state.auth_sent]
+    assert sent[0] is False and sent[-1] is True
+
+
+def test_tokens_echoed_by_the_server_are_redacted(hub, client, tmp_path):
+    build(tmp_path / "b1", seed=1)
+    hub.state.fail_commits = hub.state.echo_auth = True
+    failed = client.one("publish", path=tmp_path / "b1", repo=REPO, version="v1.0.0")["error"]
+    # Client.run already asserted TOKEN is nowhere in the client's output
+    assert failed.startswith("the upload commit failed after 3 attempts: HTTP 500 Internal Error - injected")
+    assert failed.endswith("(request had Authorization: Bearer <redacted>)")
+
+
+def test_redact_hides_the_given_token_and_token_shapes():
+    from builder.publish import PublishError, _api, redact
+
+    other = "hf_" + "a1B2c3D4e5" * 3  # shaped like a Hub token, never given to a client here
+    assert str(PublishError(f"HTTP 401 bad token {other}.")) == "HTTP 401 bad token <redacted>."
+    assert redact("call hf_hub_download, hf_short") == "call hf_hub_download, hf_short"
+    _api(TOKEN)  # a token handed to a client is redacted whole, whatever its shape
+    assert str(PublishError(f"HTTP 401 bad token {TOKEN}")) == "HTTP 401 bad token <redacted>"
+
+
+def test_publish_refuses_symlinked_shards(hub, client, tmp_path):
+    build(tmp_path / "b1", seed=1)
+    shard = tmp_path / "b1/preferences/test_seen-00000-of-00001.parquet"
+    shard.rename(tmp_path / "outside.parquet")  # same bytes: the manifest's hash still matches
+    shard.symlink_to(tmp_path / "outside.parquet")
+    dry, real = client.run(
+        ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v1.0.0", "dry_run": True}],
+        ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v1.0.0"}])
+    for result in (dry, real):
+        assert ("does not match its manifest: symlink: preferences/test_seen-00000-of-00001.parquet "
+                "(refused: a build holds regular files only)") in result["error"]
+    assert hub.state.requests == []
+
+
+def test_verify_remote_refuses_a_published_folder_missing_its_pairs(hub, client, tmp_path):
+    from builder import manifest as mf
+    from tests.hub_server import Blob
+
+    build(tmp_path / "b1", seed=1)
+    client.one("publish", path=tmp_path / "b1", repo=REPO, version="v1.0.0")
+    # v1.1.0 lacks its test_seen split, with files and splits edited to match: only counts remember it
+    folder = tmp_path / "b1"
+    (folder / "preferences/test_seen-00000-of-00001.parquet").unlink()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = mf.file_entries(folder)
+    manifest["splits"] = mf.splits_and_features(folder)[0]
+    mf.write_manifest(folder, manifest)
+    mf.write_sha256sums(folder)
+    missing = "incomplete: preferences/test_seen has 0 rows, manifest counts.pairs says 3"
+    assert mf.verify_folder(folder) == [missing]
+    # published anyway by hand (the Hub client, not persona): verify of the tag names it
+    repo = hub.state.repos[REPO]
+    files = dict(repo.commits[repo.branches["main"]].files)
+    del files["preferences/test_seen-00000-of-00001.parquet"]
+    files["manifest.json"] = Blob((folder / "manifest.json").read_bytes(), False)
+    commit = hub.state.new_commit(repo, repo.branches["main"], "by hand", files)
+    repo.branches["main"] = repo.tags["v1.1.0"] = commit.oid
+    assert client.one("verify", repo=REPO, revision="v1.1.0") == {"ok": [missing]}
 
 
 if __name__ == "__main__":
