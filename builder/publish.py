@@ -73,7 +73,7 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
 
     token = token or get_token()  # argument, else HF_TOKEN, else the saved `hf auth login`
     if not token:
-        raise PublishError("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`")
+        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi(token=token, library_name="persona")
     _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
     refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
