@@ -131,8 +131,6 @@ def _names(value) -> tuple[str, ...]:
     return tuple(v.strip() for v in str(value or "").split(",") if v.strip())
 
 
-
-
 def _folder(path: str) -> str:
     if Path(path).is_file():  # (a missing folder is reported by the manifest check: "missing: manifest.json")
         raise UsageError(f"{path} is a file, not a built dataset folder")
@@ -142,7 +140,6 @@ def _folder(path: str) -> str:
 # ------------------------------------------------------------------------- checking the command line
 
 COMMANDS = {name: fn for name, fn in vars(Persona).items() if inspect.isfunction(fn) and not name.startswith("_")}
-FIRE_FLAGS = ("--help", "-h", "--completion")  # after `--` (fire's --trace and --interactive change what runs)
 BOOLS = {"true": "True", "1": "True", "false": "False", "0": "False"}
 HELP = ("-h", "--help")
 
@@ -172,11 +169,14 @@ def _suggest(word: str, choices) -> str:
 
 def command_line(head: list[str], tail: list[str]) -> list[str] | None:
     """The arguments for fire, checked and spelled `COMMAND --name=value... [*ARGS]`; None when
-    help was asked for (and printed). HEAD and TAIL are the arguments before and after a final `--`
-    (fire's own flags). Raises UsageError before anything runs."""
+    help was asked for (and printed). HEAD and TAIL are the arguments before and after the last `--`
+    (where fire reads its own flags). Raises UsageError before anything runs."""
+    for arg in tail:  # fire's own flags: only --help (its --trace, --interactive, ... change what runs)
+        if arg not in HELP:
+            raise UsageError(f"unknown flag {arg} after --")
     if not head or head[0] in HELP:
-        if head[1:] or any(a not in HELP for a in tail):
-            raise UsageError(f"unexpected {(head[1:] or tail)[0]} after --help")
+        if head[1:]:
+            raise UsageError(f"unexpected {head[1]} after {head[0]} (for one command: persona COMMAND --help)")
         print(top_help())
         return None
     if head[0].startswith("-"):
@@ -185,15 +185,11 @@ def command_line(head: list[str], tail: list[str]) -> list[str] | None:
     if name not in COMMANDS:
         raise UsageError(f"unknown command {head[0]}{_suggest(_dashed(name), map(_dashed, COMMANDS))}; "
                          "see persona --help")
-    where = f"`persona {_dashed(name)}`"
-    for arg in tail:
-        if arg.partition("=")[0] not in FIRE_FLAGS:
-            raise UsageError(f"unknown flag {arg} after -- for {where}")
-    if any(a in HELP for a in head[1:] + tail):  # before anything else: help never runs the command
+    if tail or any(a in HELP for a in head[1:]):  # before anything else: help never runs the command
         print(command_help(name))
         return None
-    more, given = _bind(COMMANDS[name], head[1:], where)
-    return [name, *(f"--{k}={v}" for k, v in given.items()), *more, *(["--", *tail] if tail else [])]
+    more, given = _bind(COMMANDS[name], head[1:], f"`persona {_dashed(name)}`")
+    return [name, *(f"--{k}={v}" for k, v in given.items()), *more]
 
 
 def _bind(fn, args: list[str], where: str) -> tuple[list[str], dict[str, str]]:
