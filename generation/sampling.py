@@ -140,7 +140,8 @@ def _check_n(n: int, available: int, what: str) -> None:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{what}: n must be a positive integer, got {n!r}")
     if n > available:
-        raise ValueError(f"{what}: cannot draw {n} distinct people from {available} eligible records")
+        raise CensusError(f"{what}: cannot draw {n} distinct people from {available} eligible records "
+                          "(see census.personas, min_age and states in the recipe)")
 
 
 def _stratification_key(frame: CensusFrame, rows: np.ndarray, seed: int) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_min_age_and_states_options(frame):
 def test_bad_options(frame):
     with pytest.raises(ValueError, match="method must be one of"):
         sample_people(frame, 10, 1, method="srs")
-    with pytest.raises(ValueError, match="cannot draw 999999 distinct people"):
+    with pytest.raises(CensusError, match="cannot draw 999999 distinct people"):  # one line in the CLI
         sample_people(frame, 999_999, 1)
     with pytest.raises(ValueError, match="n must be a positive integer"):
         sample_people(frame, 0, 1)
