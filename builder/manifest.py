@@ -342,7 +342,9 @@ def check_no_local_paths(manifest: dict) -> None:
             raise ManifestError(f"{MANIFEST}: {key or 'key'}: {_clip(json.dumps(value))} is an absolute path of "
                                 "this machine; the published manifest must not record local paths")
 
-    walk(manifest, "")
+    # the recipe is the user's own text, kept verbatim so the build can be rerun; the README asks for
+    # relative paths in recipes that are published
+    walk({k: v for k, v in manifest.items() if k != "recipe"}, "")
 
 
 def dumps(manifest: dict) -> str:

@@ -61,7 +61,9 @@ def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict
         (source if source.is_dir() else source.parent).glob("PUMS_Data_Dictionary_*.csv"))), None)
     if dictionary is None:
         raise census.CensusError(f"{source}: no PUMS_Data_Dictionary_*.csv beside it; set census.dictionary")
-    return source, dictionary, {"path": str(source), "dictionary": dictionary.name,
+    if c.sha256 and mf.sha256_file(source) != c.sha256:  # the recipe allows a pin only on a file source
+        raise census.CensusError(f"{source}: sha256 {mf.sha256_file(source)} does not match census.sha256 {c.sha256}")
+    return source, dictionary, {"source": source.name, "dictionary": dictionary.name,
                                 "dictionary_sha256": mf.sha256_file(dictionary)}
 
 

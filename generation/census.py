@@ -466,7 +466,7 @@ def _read_zip_csvs(path: Path, prefix: str, select, fips, check):
         if not members:
             raise CensusError(f"{path}: no {prefix}*.csv member (found {', '.join(z.namelist()[:5]) or 'nothing'})")
         for m in members:
-            label = f"{path}:{m}"
+            label = f"{path.name}:{m}"  # a file name: the manifest never records machine paths
             try:
                 with z.open(m) as fh:
                     header = fh.readline().decode("utf-8-sig").strip()

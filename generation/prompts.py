@@ -152,7 +152,7 @@ def read_file(path: str | Path, text_field: str = "text", sha256: str | None = N
         raise PromptsError(f"{path}: unknown prompts file type {suffix!r} (use .json, .jsonl or .parquet)")
     if not prompts:
         raise PromptsError(f"{path}: no prompts")
-    return prompts, {"path": str(path), "sha256": digest, "rows": len(prompts)}
+    return prompts, {"file": path.name, "sha256": digest, "rows": len(prompts)}
 
 
 def resolve_commit(src: HubSource) -> str | None:

@@ -316,7 +316,6 @@ def only_shards(tmp_path):
     ("sources", {"census": {"files": [{"file": "C:\\data\\csv_pus.zip:psam_pusa.csv"}]}},
      "sources.census.files[0].file"),
     ("models", {"respond": {"path": "models/x", "note": "from HOME/models"}}, "models.respond.note"),
-    ("recipe", 'seed = 7\n[census]\nsource = "CWD/census"\n', "recipe"),
 ])
 def test_build_manifest_refuses_local_paths(tmp_path, monkeypatch, key, value, where):
     monkeypatch.chdir(tmp_path)
@@ -327,6 +326,14 @@ def test_build_manifest_refuses_local_paths(tmp_path, monkeypatch, key, value, w
         build_manifest(folder, **fields)
     assert str(e.value).startswith(f"manifest.json: {where}: ")
     assert "is an absolute path of this machine" in str(e.value)
+
+
+def test_the_recipe_text_is_kept_verbatim_even_with_paths(tmp_path, monkeypatch):
+    """The user's own recipe is recorded as written (a rebuild needs it); the README asks for relative
+    paths in recipes that are published."""
+    monkeypatch.chdir(tmp_path)
+    recipe = f'seed = 7\n[census]\nsource = "{tmp_path}/census"\n'
+    assert build_manifest(only_shards(tmp_path), **dict(FIELDS, recipe=recipe))["recipe"] == recipe
 
 
 def test_build_manifest_keeps_relative_paths_and_urls(tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def scripted_run(answer, calls=None):
 
 def test_prism_rule_filter_and_dedup_counts(prism_file):
     prompts, prov = read_prompts(str(prism_file), sha256=PRISM_SHA256)
-    assert prov == {"path": str(prism_file), "sha256": PRISM_SHA256, "rows": 8011}
+    assert prov == {"file": prism_file.name, "sha256": PRISM_SHA256, "rows": 8011}
     table, stats = filter_prompts(prompts)
     print(f"\nPRISM rule filter: {stats}")
     assert stats["input"] == 8011
@@ -74,7 +74,7 @@ def test_formats_read_the_same_prompts(tmp_path):
     assert from_jsonl == FIXTURE_PROMPTS
     pq.write_table(pa.table({"id": list(range(9)), "opening_prompt": FIXTURE_PROMPTS}), tmp_path / "p.parquet")
     from_parquet, prov = read_file(tmp_path / "p.parquet", text_field="opening_prompt")
-    assert from_parquet == FIXTURE_PROMPTS and prov["path"] == str(tmp_path / "p.parquet")
+    assert from_parquet == FIXTURE_PROMPTS and prov["file"] == "p.parquet"
     objects = tmp_path / "objects.json"
     objects.write_text(json.dumps([{"text": p} for p in FIXTURE_PROMPTS]))
     assert read_file(objects)[0] == FIXTURE_PROMPTS
