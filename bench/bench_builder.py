@@ -126,7 +126,7 @@ def run_ours(rows: int, batch: int, out: Path) -> dict:
                                    ("age", "18-44", 0.46, 0.47), ("age", "45+", 0.54, 0.53)]]
     finalize(out, shards=shards, name="persona", recipe=f"seed = {SEED}\n", seed=SEED,
              models={"respond": {"id": "bench/none", "revision": "none", "dtype": "none"}}, sources={},
-             counts={"pairs": rows}, rejects={}, fidelity=fidelity, lengths={}, demo=True)
+             counts={"pairs": {"train": rows}}, rejects={}, fidelity=fidelity, lengths={}, demo=True)
     t_finish = time.perf_counter() - t1
     return {"seconds": t_write + t_finish, "cpu_seconds": time.process_time() - c0 - cpu_generating, "write_seconds": t_write, "finish_seconds": t_finish,
             "generate_seconds": generating, "shards": len(shards),

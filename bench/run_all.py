@@ -46,10 +46,11 @@ H100_8B_TOKENS_S = 5777
 ASSUMED_72B_SLOWDOWN = 18
 
 
-def sh(cmd: str) -> str:
+def git(*args: str) -> str:
+    """A git answer, or "" where there is none (not a checkout, no git): it only labels the results."""
     try:
-        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
-    except Exception:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return ""
 
 
@@ -64,7 +65,7 @@ def machine() -> dict:
     v = {k: x or "not installed" for k, x in package_versions().items()}
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(mem_kb / 2**20, 1),
             **{k: v[k] for k in ("python", "vllm", "torch", "pyarrow", "datasets")},
-            "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (" (+ local changes)" if sh(f"git -C {ROOT} status --porcelain --untracked-files=no") else "")}
+            "commit": git("rev-parse", "--short", "HEAD") + (" (+ local changes)" if git("status", "--porcelain", "--untracked-files=no") else "")}
 
 
 def load() -> str:
