@@ -82,7 +82,7 @@ def test_changing_a_weight_changes_the_revision_and_the_request_ids(two_finals):
     flip_last_byte(m1 / "model.safetensors")
     after = subject_request_id(m1)
     assert after[0] != before[0] and after[1] != before[1]
-    for name in ("tokenizer.json", "config.json"):             # nor do tokenizer and config edits go unseen
+    for name in ("tokenizer.json", "config.json"):             # tokenizer and config edits count too
         text = (m1 / name).read_text()
         (m1 / name).write_text(text.replace("}", ' , "x": 1}', 1) if name == "config.json" else text + " ")
         assert subject_request_id(m1)[0] != after[0]
