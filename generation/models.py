@@ -179,8 +179,8 @@ def unpinned_warning(model_id: str, commit: str | None, why: str, pin: str) -> s
     if commit:
         return (f"WARNING: model {model_id} is unpinned; using the Hub's current commit {commit} "
                 f"(pin it for reproducible runs: {pin.replace('<commit>', commit)})")
-    return (f"WARNING: model {model_id} is unpinned and its current commit is unknown ({why}): requests say "
-            f"'unpinned', so a resume may mix answers of different weights; pin it: {pin}")
+    return (f"WARNING: model {model_id} is unpinned and its current commit is unknown ({why}); its answers are "
+            f"recorded without a revision, so a resume may mix answers of different weights; pin it: {pin}")
 
 
 def resolve_model(model_id: str, revision: str | None, path: str | None, prepare: str | None) -> tuple[str, str | None]:
