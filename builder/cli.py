@@ -84,7 +84,7 @@ class Persona:
              attributes: str | None = None, temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 256,
              out: str = "eval", work: str = ".persona-work"):
         """Score a model on PERSONA: pairwise preference prediction, generative personalisation judged
-        by --judge, and the leave-one-out attribute probe. Writes eval/<model>/<revision>/report.json,
+        by --judge, and the leave-one-out attribute probe. Writes eval/<model>@<revision>/<data>/report.json,
         report.md, report.png and items.jsonl; resumable (answers are stored in WORK).
 
         Data: --data FOLDER (a local build, default "persona") or --repo ORG/NAME --revision vX.Y.Z.
@@ -94,7 +94,7 @@ class Persona:
         and each verdict with its two labels named in both orders (position-bias controls);
         --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
         items for the probe, over --attributes (comma list; default all 33).
-        Compare finished reports: persona eval --compare eval/A/v1.0.0 eval/B/v1.0.0
+        Compare finished reports: persona eval --compare eval/A@REV/v1.0.0 eval/B@REV/v1.0.0
         """
         from .evaluate import Settings, compare as compare_reports, run_eval
         if compare is not None:

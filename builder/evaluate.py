@@ -24,6 +24,7 @@ from generation.ids import canonical, sha256_file
 from generation.models import cache_dir
 from generation.personas import ATTRIBUTES
 
+from . import folders
 from . import manifest as mf
 from .executors import local_executor_for, resolve_revisions
 from .recipe import ModelConfig, OutputConfig, RoleConfig
@@ -108,7 +109,7 @@ def open_local(path: str) -> Source:
     if problems:
         raise EvalError(f"{folder}: does not match its manifest ({len(problems)} problem(s), first: {problems[0]}); "
                         f"run `persona verify {folder}`")
-    manifest = json.loads((folder / mf.MANIFEST).read_text())
+    manifest = mf.load_manifest(folder / mf.MANIFEST)
     content = sha256_file(folder / mf.SUMS)
     return Source(f"local-{content[:12]}", {"path": str(folder), "sha256sums": content,
                                             "recipe_fingerprint": manifest.get("fingerprint")}, manifest, folder)
@@ -121,19 +122,18 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
         # it names the report folder: a '..' or a '/' would write the report somewhere else
         raise EvalError(f"--revision {revision!r} is not a version name such as v1.0.0 or a commit "
                         "(letters, digits, '.', '_', '-'; not starting with '.')")
-    from huggingface_hub import HfApi, get_token
+    from .publish import PublishError, _anonymous_first, _hub, list_versions
 
-    from .publish import PublishError, _hub, list_versions
-
-    api = HfApi(token=get_token(), library_name="persona")
     try:
-        commit = _hub(f"resolving {repo}@{revision}", api.dataset_info, repo, revision=revision).sha
+        # a public dataset is read without sending the token
+        api, commit = _anonymous_first(None, lambda api: (
+            api, _hub(f"resolving {repo}@{revision}", api.dataset_info, repo, revision=revision).sha))
 
         def fetch(rel: str) -> Path:
             return Path(_hub(f"downloading {rel}", api.hf_hub_download, repo, rel, repo_type="dataset",
                              revision=commit, cache_dir=cache))
 
-        manifest = json.loads(fetch(mf.MANIFEST).read_text())
+        manifest = mf.load_manifest(fetch(mf.MANIFEST), where=f"{repo}@{revision}:{mf.MANIFEST}")
         config = _config(manifest, f"{repo}@{revision}")
         files = {f["path"]: f for f in manifest.get("files", [])}
         local = {}
@@ -453,7 +453,9 @@ def run_eval(data: str = "persona", repo: str | None = None, revision: str | Non
     subject = model_config(model, opts.get("revision"), **_model_kw(opts))
     judge_cfg = subject if judge in (None, model) else model_config(judge, opts.get("judge_revision"), **_model_kw(opts))
     sampling = sampling or {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
-    report, rows = evaluate(src, subject, judge_cfg, settings, Path(work) / "eval", sampling)
+    work_dir = Path(work).expanduser() / "eval"
+    with folders.exclusive(work_dir / "eval.lock", f"eval work folder {work_dir}"):  # one writer per store
+        report, rows = evaluate(src, subject, judge_cfg, settings, work_dir, sampling)
     folder = write_report(report, rows, report_folder(Path(out), report, src.label))
     print(markdown(report))
     print(f"[persona] eval report: {folder}/report.json (+ report.md, report.png, items.jsonl)")
