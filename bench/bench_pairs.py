@@ -110,7 +110,7 @@ class Recorder:
 
 
 def run_stage(recipe, engine, revisions, people, prompt_table, assignment, store_path):
-    from builder.runner import StoreRunner
+    from builder.runner import RunnerConfig, StoreRunner
     from builder.store import RequestStore
     from generation.pairs import build_pairs
 
@@ -121,7 +121,7 @@ def run_stage(recipe, engine, revisions, people, prompt_table, assignment, store
             recorder.role = role
             return super().__call__(role, asks, parse)
 
-    run = Runner(recipe, RequestStore(store_path), lambda m: recorder, revisions)
+    run = Runner(RunnerConfig.from_recipe(recipe), RequestStore(store_path), lambda m: recorder, revisions)
     engine.llm.reset_prefix_cache()
     t0 = time.perf_counter()
     table, stats = build_pairs(people, prompt_table, assignment, run, recipe.pairs.length_control,
@@ -207,7 +207,7 @@ def main():
 
     from builder.executors import model_spec, resolve_revisions
     from builder.recipe import load_recipe
-    from builder.runner import request_for
+    from builder.runner import RunnerConfig, request_for
     from generation import pairs
     from generation.engine import get_engine
 
@@ -221,7 +221,7 @@ def main():
     prompt_table = make_prompts(recipe, args.pool)
     assignment = make_assignment(people, prompt_table, args.per_persona)
     engine = get_engine(model_spec(recipe.model_for("responder"))[0])
-    engine.generate([request_for(recipe, "responder", pairs.rejected_ask("warmup", "Hello?"), None)], progress=False)
+    engine.generate([request_for(RunnerConfig.from_recipe(recipe), "responder", pairs.rejected_ask("warmup", "Hello?"), None)], progress=False)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pairs_"))
     rounds = {"stage": [], "bare": [], "bare_same_calls": []}
@@ -264,7 +264,7 @@ def main():
     answers = first_run("responder", [pairs.rejected_ask(p, t) for p, t in zip(prompt_table.prompt_id, prompt_table.text)],
                         pairs.parse_answer)
     revision = revisions[recipe.roles["critic"].model]
-    critic_reqs = [request_for(recipe, "critic", pairs.critique_ask(f"{pid}-{q}", persona, text,
+    critic_reqs = [request_for(RunnerConfig.from_recipe(recipe), "critic", pairs.critique_ask(f"{pid}-{q}", persona, text,
                                                                     answers[f"rejected/{q}"].value, recipe.pairs.structured), revision)
                    for pid, persona in zip(people.persona_id, people.persona)
                    for q, text in zip(prompt_table.prompt_id, prompt_table.text)]

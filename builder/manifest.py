@@ -6,7 +6,6 @@ environment gives a byte-identical manifest.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -20,6 +19,7 @@ from datasets import Features
 
 from generation.errors import PersonaError
 from generation.ids import sha256_file  # noqa: F401  (re-exported: publish and tests use it from here)
+from generation.ids import fingerprint
 
 FORMAT = "persona-manifest/1"
 MANIFEST = "manifest.json"
@@ -302,7 +302,7 @@ def build_manifest(folder, *, name: str, recipe: str, seed: int, models: dict, s
         "name": name,
         "version": version,
         "demo": bool(demo),
-        "fingerprint": hashlib.sha256(recipe.encode()).hexdigest(),
+        "fingerprint": fingerprint(recipe),
         "recipe": recipe,
         "seed": seed,
         "models": models,

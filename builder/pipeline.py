@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +20,12 @@ from . import folders
 from . import manifest as mf
 from .executors import executor_for_recipe, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
-from .runner import StoreRunner, reason_category
+from .runner import RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
 from generation.errors import PersonaError
+from generation.models import cache_dir
+from generation.names import PREFERENCES, SPLITS
 
 CENSUS_URLS = {
     "persons": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_pus.zip",
@@ -139,12 +140,12 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
 
 
 def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
-    cache = Path(os.environ.get("PERSONA_CACHE", Path.home() / ".cache" / "persona"))
+    cache = cache_dir()
     say(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
     store = RequestStore(work_dir / "requests.sqlite")
     revisions = resolve_revisions(recipe)
-    run = StoreRunner(recipe, store, executor_for or executor_for_recipe(recipe), revisions)
+    run = StoreRunner(RunnerConfig.from_recipe(recipe), store, executor_for or executor_for_recipe(recipe), revisions)
 
     people, pstats = make_personas(recipe, run, cache / "census")
     if people.empty:
@@ -177,9 +178,9 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     prompt_out = prompt_table.rename(columns={"pool": "split"})
 
     rejects = _rejects_table(pstats, prompt_stats, pair_stats)
-    tables = {("preferences", s): prefs[prefs.split == s].reset_index(drop=True) for s in pairs.SPLIT_ORDER}
+    tables = {(PREFERENCES, s): prefs[prefs.split == s].reset_index(drop=True) for s in SPLITS}
     dpo = pairs.to_dpo(prefs)
-    tables.update({("dpo", s): dpo[dpo.split == s].reset_index(drop=True) for s in pairs.SPLIT_ORDER})
+    tables.update({("dpo", s): dpo[dpo.split == s].reset_index(drop=True) for s in SPLITS})
     tables[("personas", "train")] = people.reset_index(drop=True)
     tables[("prompts", "train")] = prompt_out.reset_index(drop=True)
     tables[("rejects", "train")] = rejects
@@ -200,7 +201,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
         counts=_counts(people, prompt_stats, assign_stats, prefs, pstats, run),
         rejects=_reject_counts(pstats, prompt_stats, pair_stats, rejects),
         fidelity=pstats["fidelity"]["rows"],
-        lengths=_lengths(prefs, p.length_control),
+        lengths=pairs.length_report(prefs, p.length_control),
         census_fidelity={k: v for k, v in pstats.pop("fidelity").items() if k != "rows"},
         state_shares=pstats["state_shares"],
         description=recipe.description,
@@ -212,7 +213,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     folders.swap_in(staging, out_dir)
     say(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
         f"{len(prefs):,} pairs, {len(people)} personas, {len(prompt_out)} prompts); verified against manifest.json")
-    say(f'load it with: load_dataset("{out_dir}", "preferences")')
+    say(f'load it with: load_dataset("{out_dir}", "{PREFERENCES}")')
     return manifest
 
 
@@ -245,20 +246,6 @@ def _counts(people, prompt_stats, assign_stats, prefs, pstats, run) -> dict:
         "prompts": {"filter": prompt_stats["filter"], "split": prompt_stats["split"],
                     "classify": {k: v for k, v in prompt_stats["classify"].items() if k != "rejects"}},
         "assignment": assign_stats,
-        "pairs": {s: int((prefs.split == s).sum()) for s in pairs.SPLIT_ORDER},
+        "pairs": {s: int((prefs.split == s).sum()) for s in SPLITS},
         "requests": run.summary(),
-    }
-
-
-def _lengths(prefs: pd.DataFrame, length_control) -> dict:
-    if prefs.empty:
-        return {"pairs": 0, "length_control": length_control}
-    ratio = (prefs.chosen_tokens / prefs.rejected_tokens.clip(lower=1)).tolist()
-    return {
-        "pairs": int(len(prefs)),
-        "length_control": length_control,
-        "median_chosen_tokens": float(statistics.median(prefs.chosen_tokens)),
-        "median_rejected_tokens": float(statistics.median(prefs.rejected_tokens)),
-        "median_chosen_over_rejected": round(float(statistics.median(ratio)), 4),
-        "share_chosen_shorter": round(float((prefs.chosen_tokens < prefs.rejected_tokens).mean()), 4),
     }

@@ -25,6 +25,7 @@ from huggingface_hub.hf_api import RepoFile
 from builder.manifest import (MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file,
                               verify_folder)
 from generation.errors import PersonaError
+from generation.names import PREFERENCES as CONFIG
 
 try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures TransportError
     from httpx2 import TransportError
@@ -36,7 +37,6 @@ SEMVER = re.compile(r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 SIDECARS = ("manifest.json", "SHA256SUMS")
 # Created and owned by the Hub in every repo: never deleted by a publish, never a data file.
 HUB_MANAGED = (".gitattributes",)
-CONFIG = "preferences"
 
 # Transient failures worth retrying; anything else (401, 404, 409, 412, ...) will not heal by waiting.
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
@@ -72,7 +72,7 @@ def _api(token) -> HfApi:
     return HfApi(token=token, library_name="persona")
 
 
-def _anonymous_first(token: str | None, read):
+def anonymous_first(token: str | None, read):
     """`read(api)` without a token; only if the Hub says 401/403/404 (maybe a private repo), again
     with the token. A public repo is read without ever sending it."""
     try:
@@ -112,17 +112,17 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     if not token:
         raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = _api(token)
-    _hub("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
+    hub_call("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
     # exist_ok keeps an existing repo as it is: publishing must not silently land with the other visibility
     # (an unknown visibility, None, is not taken as private)
-    is_private = bool(_hub("reading the repo's visibility", api.dataset_info, repo).private)
+    is_private = bool(hub_call("reading the repo's visibility", api.dataset_info, repo).private)
     if is_private != private:
         raise PublishError(
             f"{repo} exists and is public; refusing to publish with --private (nothing was uploaded): "
             "make the repo private on the Hub first, or publish without --private" if private else
             f"{repo} exists and is private; refusing to publish without --private (nothing was uploaded): "
             "pass --private to add a version to it, or make the repo public on the Hub first")
-    refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+    refs = hub_call("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
     taken = {t.name: t.target_commit for t in refs.tags}
     if version in taken:
         raise PublishError(f"{repo} already has {version} (commit {taken[version][:12]}); "
@@ -130,7 +130,7 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
 
     # A new version replaces the previous one on main: remove remote files this build lacks.
-    remote = _hub("listing main", lambda: [
+    remote = hub_call("listing main", lambda: [
         e.path for e in api.list_repo_tree(repo, recursive=True, revision=head, repo_type="dataset")
         if isinstance(e, RepoFile)
     ]) if head else []
@@ -142,16 +142,16 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     print(f"uploading {len(paths)} files ({sum(sizes.values()):,} bytes), removing {len(stale)} to {repo}")
     # parent_commit makes the Hub refuse the commit if main moved meanwhile (a concurrent publish,
     # or an earlier attempt of ours that landed but whose answer was lost): no silent interleaving.
-    commit = _hub("the upload commit", api.create_commit, repo, operations, repo_type="dataset",
+    commit = hub_call("the upload commit", api.create_commit, repo, operations, repo_type="dataset",
                   revision="main", parent_commit=head,
                   commit_message=f"Publish {version} (recipe {fingerprint[:12]})",
                   commit_description=f"version: {version}\nrecipe fingerprint: {fingerprint}\n")
     oid = commit.oid
     try:
-        _hub("tagging", api.create_tag, repo, tag=version, revision=oid, repo_type="dataset",
+        hub_call("tagging", api.create_tag, repo, tag=version, revision=oid, repo_type="dataset",
              tag_message=f"{version} (recipe {fingerprint})", passthrough=(409,))
     except HfHubHTTPError:  # 409: a retried tag request may have landed the first time
-        refs = _hub("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
+        refs = hub_call("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
         if {t.name: t.target_commit for t in refs.tags}.get(version) != oid:
             raise PublishError(f"{version} was created on {repo} by someone else meanwhile; "
                                f"commit {oid[:12]} is on main but untagged") from None
@@ -175,9 +175,9 @@ def verify_remote(repo: str, revision: str, token: str | None = None) -> list[st
     Read anonymously; the token is sent only if the repo is not visible without it."""
     def read(api: HfApi) -> list[str]:
         # pin the revision to a commit so the manifest and the listing come from the same snapshot
-        commit = _hub(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
+        commit = hub_call(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
         with tempfile.TemporaryDirectory() as tmp:
-            local = _hub("downloading manifest.json", api.hf_hub_download, repo, MANIFEST,
+            local = hub_call("downloading manifest.json", api.hf_hub_download, repo, MANIFEST,
                          repo_type="dataset", revision=commit, cache_dir=tmp)
             try:
                 manifest = load_manifest(Path(local), where=f"{repo}@{commit[:12]}:{MANIFEST}")
@@ -185,12 +185,12 @@ def verify_remote(repo: str, revision: str, token: str | None = None) -> list[st
                 return [str(e)]
         return _remote_problems(api, repo, commit, manifest, with_sidecars=False)
 
-    return _anonymous_first(token, read)
+    return anonymous_first(token, read)
 
 
 def list_versions(repo: str, token: str | None = None) -> list[tuple[str, str]]:
     """(tag, commit) of every semantic-version tag, oldest version first (read as verify_remote)."""
-    refs = _anonymous_first(token, lambda api: _hub("reading the repo's refs", api.list_repo_refs, repo,
+    refs = anonymous_first(token, lambda api: hub_call("reading the repo's refs", api.list_repo_refs, repo,
                                                     repo_type="dataset"))
     # other tags (if someone adds them by hand) are not versions of this dataset
     versions = [(t.name, t.target_commit) for t in refs.tags if SEMVER.fullmatch(t.name)]
@@ -198,7 +198,7 @@ def list_versions(repo: str, token: str | None = None) -> list[tuple[str, str]]:
 
 
 def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_sidecars: bool) -> list[str]:
-    entries = _hub("listing files", lambda: {
+    entries = hub_call("listing files", lambda: {
         e.path: e for e in api.list_repo_tree(repo, recursive=True, revision=revision, repo_type="dataset")
         if isinstance(e, RepoFile)
     })
@@ -209,7 +209,7 @@ def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_
         if entries[p].lfs:  # the Hub stores the sha256 of LFS files: no need to download them
             return entries[p].lfs.sha256
         with tempfile.TemporaryDirectory() as tmp:  # small regular file: fetch and hash it
-            local = _hub(f"downloading {p}", api.hf_hub_download, repo, p, repo_type="dataset",
+            local = hub_call(f"downloading {p}", api.hf_hub_download, repo, p, repo_type="dataset",
                          revision=revision, cache_dir=tmp)
             return sha256_file(Path(local))
 
@@ -220,7 +220,7 @@ def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_
     return problems + check_rows(manifest, lambda p: rows[p] if p in intact else None)
 
 
-def _hub(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
+def hub_call(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
     """One Hub call: retried with exponential backoff on transient errors, else a PublishError.
 
     HTTP statuses in `passthrough` re-raise the client's error for the caller to handle.

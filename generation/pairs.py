@@ -25,6 +25,7 @@ import pandas as pd
 
 from .engine import Ask, Outcome
 from .errors import PersonaError
+from .names import SPLITS
 
 
 class PairsError(PersonaError, ValueError):
@@ -241,7 +242,7 @@ FEEDBACK = {
 
 COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "rejected",
            "critique", "chosen", "rejected_tokens", "chosen_tokens"]
-SPLIT_ORDER = {"train": 0, "test_seen": 1, "test_unseen": 2}
+SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
 
 
 def _check_inputs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame) -> None:
@@ -362,7 +363,6 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     for r in rejects:
         by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
         by_step[r["step"]] = by_step.get(r["step"], 0) + 1
-    ratios = [c / r for r, c in zip(table.rejected_tokens, table.chosen_tokens) if r > 0]
     stats = {
         "assigned": len(assignment),
         "pairs": len(table),
@@ -374,12 +374,26 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
         "revise_retries": retries,
         "length_control": length_control,
         "max_attempts": max_attempts,
-        # chosen_tokens include the few tokens of the "REVISED PREFERENCE:" header
-        "median_chosen_rejected_token_ratio": statistics.median(ratios) if ratios else None,
         "per_split": {s: int((table.split == s).sum()) for s in SPLIT_ORDER},
         "rejects": rejects,
     }
     return table, stats
+
+
+def length_report(table: pd.DataFrame, length_control: float | None) -> dict:
+    """How long chosen answers are vs rejected ones (the length confound a reader should know about).
+    chosen_tokens include the few tokens of the "REVISED PREFERENCE:" header."""
+    if table.empty:
+        return {"pairs": 0, "length_control": length_control}
+    ratio = (table.chosen_tokens / table.rejected_tokens.clip(lower=1)).tolist()
+    return {
+        "pairs": int(len(table)),
+        "length_control": length_control,
+        "median_chosen_tokens": float(statistics.median(table.chosen_tokens)),
+        "median_rejected_tokens": float(statistics.median(table.rejected_tokens)),
+        "median_chosen_over_rejected": round(float(statistics.median(ratio)), 4),
+        "share_chosen_shorter": round(float((table.chosen_tokens < table.rejected_tokens).mean()), 4),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ DPO

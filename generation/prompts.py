@@ -27,6 +27,7 @@ import pandas as pd
 from .engine import Ask
 from .ids import rng, sha256_file, stable_id
 from .errors import PersonaError
+from .names import SPLITS
 
 
 class PromptsError(PersonaError, ValueError):
@@ -409,7 +410,6 @@ def split_prompts(table: pd.DataFrame, seed: int, heldout_fraction: float = PAPE
 
 # ----------------------------------------------------------------------------------------- assignment
 
-SPLITS = ("train", "test_seen", "test_unseen")
 _NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from builder.evaluate import CONFIG, PIN, EvalError, EvalRun, _shards, model_config, open_hub, report_folder
+from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder
 from builder.executors import resolve_revisions
 from builder.recipe import RoleConfig
-from builder.runner import request_for
+from builder.runner import RunnerConfig, request_for
 from generation import evaluation as ev
 from generation.engine import Ask
 from generation.ids import sha256_file
@@ -46,7 +46,7 @@ def flip_last_byte(path: Path) -> None:
 
 def subject_request_id(folder: Path) -> tuple[str, str]:
     """(revision, id of one subject request) as `persona eval --model FOLDER` computes them."""
-    cfg = EvalRun(seed=1, models={"subject": model_config(str(folder))},
+    cfg = RunnerConfig(seed=1, models={"subject": model_config(str(folder))},
                   roles={ev.SUBJECT: RoleConfig(model="subject", temperature=0.7, max_tokens=8)})
     revision = resolve_revisions(cfg, PIN.get)["subject"]
     ask = Ask(key="k", messages=[{"role": "user", "content": "Hello?"}])
@@ -118,9 +118,10 @@ def test_a_prepared_folder_keeps_its_stamp_revision(two_finals):
 
 RESOLVE = """
 import json, sys
-from builder.evaluate import PIN, EvalRun, model_config
+from builder.evaluate import PIN, model_config
+from builder.runner import RunnerConfig
 from builder.executors import model_spec, resolve_revisions
-cfg = EvalRun(seed=1, models={name: model_config(mid, rev) for name, mid, rev in json.loads(sys.argv[1])}, roles={})
+cfg = RunnerConfig(seed=1, models={name: model_config(mid, rev) for name, mid, rev in json.loads(sys.argv[1])}, roles={})
 pin = PIN.get if sys.argv[2] == "eval" else None
 print(json.dumps([resolve_revisions(cfg, pin), {n: model_spec(m)[0].revision for n, m in cfg.models.items()}]))
 """
@@ -196,37 +197,29 @@ def test_shard_paths_nested_or_flat_but_inside_the_config():
             _shards({"test_seen": {"files": [bad]}}, "w")
 
 
-OPEN_HUB = """
-import json, sys
-from pathlib import Path
-from builder.evaluate import load_pairs, open_hub
-src = open_hub("org/persona", "v1.0.0", Path(sys.argv[1]))
-print(json.dumps([src.label, src.info["commit"], load_pairs(src, ("test_seen",)).pair_id.tolist()]))
-"""
-
-
-def test_eval_repo_reads_a_nested_shard_layout(tmp_path):
+def test_eval_repo_refuses_a_layout_that_is_not_a_persona_build(tmp_path):
+    """A published persona build has `<config>/<split>-NNNNN-of-NNNNN.parquet` shards; a manifest naming
+    anything else (here a nested path) is refused in one line before any shard is downloaded."""
     from tests.hub_server import Blob, HubServer, Repo
 
     rel = f"{CONFIG}/test_seen/part-0.parquet"
-    buf = tmp_path / "shard.parquet"
-    pd.DataFrame([{c: f"{c}{i}" for c in ("pair_id", "persona_id", "prompt_id", "split", "persona", "instruction",
-                                           "chosen", "rejected")} for i in range(3)]).to_parquet(buf)
-    data = buf.read_bytes()
-    manifest = {"splits": {CONFIG: {"test_seen": {"files": [rel]}}},
-                "files": [{"path": rel, "sha256": hashlib.sha256(data).hexdigest()}]}
+    manifest = {"format": "persona-manifest/1", "fingerprint": "f" * 64, "counts": {"pairs": {"test_seen": 3}},
+                "splits": {CONFIG: {"test_seen": {"rows": 3, "files": [rel]}}},
+                "files": [{"path": rel, "bytes": 4, "rows": 3, "sha256": hashlib.sha256(b"data").hexdigest()}]}
     hub = HubServer().start()
     try:
         repo = Repo("org/persona", private=False)
         commit = hub.state.new_commit(repo, None, "data", {"manifest.json": Blob(json.dumps(manifest).encode(), False),
-                                                           rel: Blob(data, True)})
+                                                           rel: Blob(b"data", True)})
         repo.branches["main"] = repo.tags["v1.0.0"] = commit.oid
         hub.state.repos[repo.repo_id] = repo
-        p = subprocess.run([sys.executable, "-c", OPEN_HUB, str(tmp_path / "cache")], cwd=ROOT, capture_output=True,
-                           text=True, timeout=120, env=env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0",
+        p = subprocess.run([sys.executable, "-m", "builder.cli", "eval", "--repo", "org/persona", "--revision", "v1.0.0",
+                            "--out", tmp_path / "eval", "--work", tmp_path / "work"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env=env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", PERSONA_CACHE=tmp_path,
                                                            HF_HUB_DISABLE_XET="1", HF_HOME=tmp_path / "hf"))
     finally:
         hub.stop()
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout) == ["v1.0.0", commit.oid, ["pair_id0", "pair_id1", "pair_id2"]]
+    line = one_line_error(p)
+    assert f"org/persona@v1.0.0:manifest.json: splits.{CONFIG}.test_seen.files[0]:" in line, line
+    assert "is not a shard of this split" in line and not (tmp_path / "eval").exists()
     assert hub.state.unknown == []

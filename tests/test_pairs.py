@@ -7,7 +7,7 @@ from generation.engine import Outcome
 from generation.ids import stable_id
 from generation.pairs import (
     COLUMNS, CRITIC_INSTRUCTION, REVISER_INSTRUCTION, PairsError, build_pairs, check_revision,
-    parse_critique, parse_revision, to_dpo,
+    length_report, parse_critique, parse_revision, to_dpo,
 )
 from generation.prompts import assign
 
@@ -195,7 +195,7 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     assert row.critique == "EVALUATION: ok for pc.\nSUGGESTIONS: tailor it."
     assert row.instruction == "Should taxes be raised on the rich?" and row.persona == "Age: 45. Teacher in Texas."
     assert row.rejected_tokens == 22 and row.chosen_tokens == 30
-    assert stats["median_chosen_rejected_token_ratio"] == pytest.approx(30 / 22)
+    assert length_report(table, None)["median_chosen_over_rejected"] == round(30 / 22, 4)
     assert stats["length_control"] is None
     assert sum(stats["per_split"].values()) == 7
 
@@ -230,7 +230,7 @@ def test_length_control():
                or "had 30 words" in a.messages[-1]["content"] for a in retry)
     assert set(table.chosen) == {" ".join(["ok"] * 18)}
     # tokens as counted by the double: 1 header word + 18 words ("REVISED" "PREFERENCE:" are 2)
-    assert stats["median_chosen_rejected_token_ratio"] == pytest.approx(20 / 20)
+    assert length_report(table, 0.2)["median_chosen_over_rejected"] == 1.0
     # without length control no max_tokens override and no length rule
     calls2 = []
     table2, stats2 = build_pairs(personas, prompts, assignment, runner_double(answer, calls2))
@@ -241,7 +241,8 @@ def test_build_pairs_with_nothing_assigned():
     personas, prompts, assignment = _inputs()
     table, stats = build_pairs(personas, prompts, assignment.iloc[:0], runner_double(lambda *a: "", []))
     assert list(table.columns) == COLUMNS and len(table) == 0
-    assert stats["pairs"] == stats["assigned"] == 0 and stats["median_chosen_rejected_token_ratio"] is None
+    assert stats["pairs"] == stats["assigned"] == 0
+    assert length_report(table, None) == {"pairs": 0, "length_control": None}
 
 
 def test_build_pairs_rejects_bad_inputs():

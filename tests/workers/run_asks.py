@@ -7,7 +7,7 @@ import sys
 
 from builder.executors import local_executor_for, resolve_revisions
 from builder.recipe import load_recipe
-from builder.runner import StoreRunner
+from builder.runner import RunnerConfig, StoreRunner
 from builder.store import RequestStore
 from generation.engine import Ask
 
@@ -20,7 +20,7 @@ def main(recipe_path, store_path, n, out, mode="plain"):
     recipe = load_recipe(recipe_path)
     store = RequestStore(store_path)
     before = store.count()
-    runner = StoreRunner(recipe, store, local_executor_for, resolve_revisions(recipe))
+    runner = StoreRunner(RunnerConfig.from_recipe(recipe), store, local_executor_for, resolve_revisions(recipe))
     asks = [Ask(key=f"q{i}", messages=[{"role": "system", "content": f"You are persona number {i // 8}."},
                                        {"role": "user", "content": f"Say something about the number {i}."}],
                 schema=SCHEMA if mode == "schema" else None) for i in range(int(n))]
