@@ -27,11 +27,7 @@ from generation.errors import PersonaError
 from generation.models import cache_dir
 from generation.names import PREFERENCES, SPLITS
 
-CENSUS_URLS = {
-    "persons": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_pus.zip",
-    "housing": "https://www2.census.gov/programs-surveys/acs/data/pums/2024/1-Year/csv_hus.zip",
-    "dictionary": "https://www2.census.gov/programs-surveys/acs/tech_docs/pums/data_dict/PUMS_Data_Dictionary_2024.csv",
-}
+CENSUS_URLS = census.OFFICIAL_URLS
 
 
 class BuildError(PersonaError, RuntimeError):

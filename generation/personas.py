@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from generation.census import STATES
 from generation.engine import Ask
 from generation.ids import rng, stable_id
 
@@ -91,18 +92,7 @@ FAMILY_PRESENCE = ["With related children under 5 years only", "With related chi
                    GROUP_QUARTERS]
 # PUMS POBP labels for the 50 states + DC without the "/XX" suffix (as generation.census writes them),
 # and for the territories.
-_STATES_AB = [
-    ("Alabama", "AL"), ("Alaska", "AK"), ("Arizona", "AZ"), ("Arkansas", "AR"), ("California", "CA"),
-    ("Colorado", "CO"), ("Connecticut", "CT"), ("Delaware", "DE"), ("District of Columbia", "DC"),
-    ("Florida", "FL"), ("Georgia", "GA"), ("Hawaii", "HI"), ("Idaho", "ID"), ("Illinois", "IL"),
-    ("Indiana", "IN"), ("Iowa", "IA"), ("Kansas", "KS"), ("Kentucky", "KY"), ("Louisiana", "LA"),
-    ("Maine", "ME"), ("Maryland", "MD"), ("Massachusetts", "MA"), ("Michigan", "MI"), ("Minnesota", "MN"),
-    ("Mississippi", "MS"), ("Missouri", "MO"), ("Montana", "MT"), ("Nebraska", "NE"), ("Nevada", "NV"),
-    ("New Hampshire", "NH"), ("New Jersey", "NJ"), ("New Mexico", "NM"), ("New York", "NY"),
-    ("North Carolina", "NC"), ("North Dakota", "ND"), ("Ohio", "OH"), ("Oklahoma", "OK"), ("Oregon", "OR"),
-    ("Pennsylvania", "PA"), ("Rhode Island", "RI"), ("South Carolina", "SC"), ("South Dakota", "SD"),
-    ("Tennessee", "TN"), ("Texas", "TX"), ("Utah", "UT"), ("Vermont", "VT"), ("Virginia", "VA"),
-    ("Washington", "WA"), ("West Virginia", "WV"), ("Wisconsin", "WI"), ("Wyoming", "WY")]
+_STATES_AB = [(name, postal) for postal, name, _, _ in STATES.values()]   # FIPS order = name order
 US_STATES = [name for name, _ in _STATES_AB]
 US_TERRITORIES = ["Puerto Rico", "Guam", "US Virgin Islands", "American Samoa",
                   "Commonwealth of the Northern Mariana Islands"]

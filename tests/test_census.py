@@ -1,4 +1,4 @@
-"""Census reading, validation, data dictionary, download and labels (generation/census.py)."""
+"""Census reading, validation, data dictionary, download and labels (generation/census/)."""
 from __future__ import annotations
 
 import hashlib
