@@ -27,7 +27,6 @@ from generation.errors import PersonaError
 from generation.models import cache_dir
 from generation.names import PREFERENCES, SPLITS
 
-CENSUS_URLS = census.OFFICIAL_URLS
 
 
 class BuildError(PersonaError, RuntimeError):
@@ -47,9 +46,9 @@ def say(msg: str) -> None:
 def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict]:
     c = recipe.census
     if c.source == "census.gov":
-        persons = census.download(CENSUS_URLS["persons"], cache, c.sha256)
-        housing = census.download(CENSUS_URLS["housing"], cache)
-        dictionary = census.download(c.dictionary or CENSUS_URLS["dictionary"], cache)
+        persons = census.download(census.OFFICIAL_URLS["persons"], cache, c.sha256)
+        housing = census.download(census.OFFICIAL_URLS["housing"], cache)
+        dictionary = census.download(c.dictionary or census.OFFICIAL_URLS["dictionary"], cache)
         prov = {"persons": persons.url, "persons_sha256": persons.sha256, "housing_sha256": housing.sha256,
                 "dictionary_sha256": dictionary.sha256}
         return persons.path, dictionary.path, prov
