@@ -31,6 +31,7 @@ from .recipe import ModelConfig, RoleConfig
 from .runner import RunnerConfig, StoreRunner
 from .store import RequestStore
 from generation.errors import PersonaError
+from generation.log import log
 from generation.names import PREFERENCES as CONFIG, SMOLLM2, TEST_SPLITS
 
 FORMAT = "persona-eval/1"
@@ -444,7 +445,7 @@ def run_eval(data: str = "persona", repo: str | None = None, revision: str | Non
         report, rows = evaluate(src, subject, judge_cfg, settings, work_dir, sampling)
     folder = write_report(report, rows, report_folder(Path(out), report, src.label))
     print(markdown(report))
-    print(f"[persona] eval report: {folder}/report.json (+ report.md, report.png, items.jsonl)")
+    log.info(f"eval report: {folder}/report.json (+ report.md, report.png, items.jsonl)")
     return folder
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Callable
 
 from generation.engine import Backend, ModelSpec, get_engine
 from generation.errors import PersonaError
+from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
 
 from .recipe import ExecutorConfig, ModelConfig, Recipe
@@ -27,7 +27,7 @@ def resolve_revisions(recipe: Recipe, pin: Callable[[str], str] | None = None) -
     on stderr for every unpinned Hub model; `pin(name)` says how to pin one (default: the recipe)."""
     revisions = {name: model_spec(m)[1] for name, m in recipe.models.items()}
     for line in unpinned_warnings(recipe.models, pin):
-        print(line, file=sys.stderr, flush=True)
+        log.warning(line)
     return revisions
 
 

@@ -24,6 +24,7 @@ from .runner import RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
 from generation.errors import PersonaError
+from generation.log import log
 from generation.models import cache_dir
 from generation.names import PREFERENCES, SPLITS
 
@@ -35,10 +36,6 @@ class BuildError(PersonaError, RuntimeError):
 
 def _fmt(counts: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none recorded"
-
-
-def say(msg: str) -> None:
-    print(f"[persona] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------- census
@@ -66,7 +63,7 @@ def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict
 def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]:
     c = recipe.census
     source, dictionary, prov = _census_source(recipe, cache)
-    say(f"census: reading {source}")
+    log.info(f"census: reading {source}")
     frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
     prov["files"] = frame.sources
     people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
@@ -78,7 +75,7 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]
         drawn.append(more)
         return census.label_people(more, frame.dictionary)
 
-    say(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
+    log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
     table, stats = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
                                            c.personas, recipe.seed, max_rounds=c.max_rounds)
     # fidelity of the personas actually published (after consistency replacements)
@@ -130,13 +127,13 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
         folders.check_output(out_dir)
         with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):
             for stale in folders.remove_stale_staging(out_dir):
-                say(f"removed {stale}, left by an interrupted build")
+                log.info(f"removed {stale}, left by an interrupted build")
             return _build(recipe, out_dir, work_dir, executor_for)
 
 
 def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     cache = cache_dir()
-    say(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
+    log.info(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
     store = RequestStore(work_dir / "requests.sqlite")
     revisions = resolve_revisions(recipe)
@@ -147,10 +144,10 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
         raise BuildError(f"no persona passed enrichment and the consistency checks "
                          f"(rejects: {_fmt(pstats.get('rejected', {}))}); see the model's answers in {store.path}")
     if len(people) < recipe.census.personas:
-        say(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
+        log.info(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
             f"{recipe.census.max_rounds} replacement rounds")
 
-    say(f"prompts: {recipe.prompts.source}")
+    log.info(f"prompts: {recipe.prompts.source}")
     prompt_table, prompt_stats = prompts.select_prompts(
         recipe.prompts.source, run, recipe.seed, recipe.prompts.text_field, recipe.prompts.sha256,
         recipe.prompts.classify_limit, recipe.prompts.heldout_fraction)
@@ -159,7 +156,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
         people.persona_id.tolist(), prompt_table.prompt_id[prompt_table.pool == "train"].tolist(),
         prompt_table.prompt_id[prompt_table.pool == "heldout"].tolist(), recipe.seed,
         p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
-    say(f"pairs: {len(assignment):,} pairs for {len(people)} personas")
+    log.info(f"pairs: {len(assignment):,} pairs for {len(people)} personas")
     prefs, pair_stats = pairs.build_pairs(people, prompt_table, assignment, run, p.length_control,
                                           recipe.output.max_attempts, structured=p.structured)
     if prefs.empty:
@@ -181,7 +178,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     tables[("rejects", "train")] = rejects
 
     staging = folders.new_staging(out_dir)
-    say(f"writing shards to {staging}")
+    log.info(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
     if os.environ.get("PERSONA_FAULT") == "after_shards":  # test hook (tests/test_crash.py): a crash
         os.kill(os.getpid(), signal.SIGKILL)  # with shards written, before manifest, card and swap
@@ -206,9 +203,9 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     if problems:  # a bug of ours or a disk that lies; the staging folder is left for inspection
         raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
     folders.swap_in(staging, out_dir)
-    say(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
+    log.info(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
         f"{len(prefs):,} pairs, {len(people)} personas, {len(prompt_out)} prompts); verified against manifest.json")
-    say(f'load it with: load_dataset("{out_dir}", "{PREFERENCES}")')
+    log.info(f'load it with: load_dataset("{out_dir}", "{PREFERENCES}")')
     return manifest
 
 

@@ -13,7 +13,6 @@ token-like text in them is redacted). Reads of a public repo (verify, versions) 
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from huggingface_hub.hf_api import RepoFile
 from builder.manifest import (MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file,
                               verify_folder)
 from generation.errors import PersonaError
+from generation.log import log
 from generation.names import PREFERENCES as CONFIG
 
 try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures TransportError
@@ -139,7 +139,7 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     operations += [CommitOperationDelete(p) for p in stale]
 
     fingerprint = manifest["fingerprint"]
-    print(f"uploading {len(paths)} files ({sum(sizes.values()):,} bytes), removing {len(stale)} to {repo}")
+    log.info(f"uploading {len(paths)} files ({sum(sizes.values()):,} bytes), removing {len(stale)} to {repo}")
     # parent_commit makes the Hub refuse the commit if main moved meanwhile (a concurrent publish,
     # or an earlier attempt of ours that landed but whose answer was lost): no silent interleaving.
     commit = hub_call("the upload commit", api.create_commit, repo, operations, repo_type="dataset",
@@ -239,7 +239,7 @@ def hub_call(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
                 raise PublishError(f"{what} failed{_after(attempt)}: cannot reach the Hub "
                                    f"({type(e).__name__})") from None
         delay = BACKOFF_SECONDS * 2 ** (attempt - 1)
-        print(f"{what}: transient error, retrying in {delay:g}s ({attempt}/{ATTEMPTS - 1})", file=sys.stderr)
+        log.warning(f"{what}: transient error, retrying in {delay:g}s ({attempt}/{ATTEMPTS - 1})")
         time.sleep(delay)
 
 

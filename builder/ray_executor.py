@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from generation.engine import ChatRequest, Engine, ModelSpec, Result, prefix_key
+from generation.log import log
 
 # Fault-injection hooks, for tests only. After N generate() calls, the next call hits replica 0
 # right after sending it its slice, i.e. mid-batch:
@@ -39,7 +39,7 @@ STALL_AFTER_ENV = "PERSONA_RAY_STALL_AFTER"
 
 
 def say(msg: str) -> None:
-    print(f"[ray] {msg}", file=sys.stderr, flush=True)
+    log.info(f"ray: {msg}")
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:

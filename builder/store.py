@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from generation.errors import PersonaError
+from generation.log import log
 
 
 class StoreError(PersonaError, RuntimeError):
@@ -57,7 +57,7 @@ _ADVICE = "move it (and any -wal / -shm file beside it) away and run again to re
 
 
 def _warn(msg: str) -> None:
-    print(f"persona: warning: {msg}", file=sys.stderr, flush=True)
+    log.warning(msg)
 
 
 class RequestStore:

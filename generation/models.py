@@ -176,11 +176,11 @@ def hub_commit(model_id: str) -> tuple[str | None, str]:
 
 
 def unpinned_warning(model_id: str, commit: str | None, why: str, pin: str) -> str:
-    """The WARNING line for a Hub model given without a revision; `pin` says where to put one."""
+    """The warning for a Hub model given without a revision; `pin` says where to put one."""
     if commit:
-        return (f"WARNING: model {model_id} is unpinned; using the Hub's current commit {commit} "
+        return (f"model {model_id} is unpinned; using the Hub's current commit {commit} "
                 f"(pin it for reproducible runs: {pin.replace('<commit>', commit)})")
-    return (f"WARNING: model {model_id} is unpinned and its current commit is unknown ({why}); its answers are "
+    return (f"model {model_id} is unpinned and its current commit is unknown ({why}); its answers are "
             f"recorded without a revision, so a resume may mix answers of different weights; pin it: {pin}")
 
 

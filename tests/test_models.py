@@ -132,7 +132,7 @@ def resolve_in_subprocess(models: list, pin: str, **extra_env) -> tuple[dict, di
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     revisions, spec = json.loads(p.stdout)
-    return revisions, spec, [line for line in p.stderr.splitlines() if line.startswith("WARNING")]
+    return revisions, spec, [line for line in p.stderr.splitlines() if line.startswith("[persona] WARNING: ")]
 
 
 def test_unpinned_hub_model_without_network_warns_and_stays_unpinned():

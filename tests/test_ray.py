@@ -119,7 +119,7 @@ def test_command_line_executor_overrides_keep_the_recipe(tmp_path):
 def test_two_ray_replicas_build_the_same_bytes_as_local(local_build, tmp_path, ray_tmp):
     recipe, local = local_build
     p = _build(recipe, tmp_path, "--executor", "ray", RAY_TMPDIR=ray_tmp)
-    assert "[ray] 2 replica(s)" in p.stderr            # it really ran on two Ray replicas
+    assert "[persona] ray: 2 replica(s)" in p.stderr            # it really ran on two Ray replicas
     assert "fault injection" not in p.stderr and "redoing" not in p.stderr
     assert (tmp_path / "persona" / "SHA256SUMS").read_text() == (local / "persona" / "SHA256SUMS").read_text()
     rows = _rows(tmp_path)
