@@ -63,6 +63,7 @@ def make_personas(recipe, n: int):
     import pandas as pd
 
     from generation import census, personas, sampling
+    from generation.personas.row import _get
     source = Path(recipe.census.source)
     dictionary = next(iter(sorted(source.glob("PUMS_Data_Dictionary_*.csv"))))
     frame = census.read_census(source, states=STATES, dictionary=dictionary)
@@ -71,7 +72,7 @@ def make_personas(recipe, n: int):
     for row in personas.prepare_rows(people, recipe.seed, 0):
         row.update(FILLED)
         for a in personas.ATTRIBUTES:  # census fields the filler would have generated
-            if personas._get(row, a) is None:
+            if _get(row, a) is None:
                 row[a] = "Not reported"
         rows.append({"persona_id": row["persona_id"], "persona": personas.render_persona(row)})
     return pd.DataFrame(rows)

@@ -22,7 +22,8 @@ import pandas as pd
 
 from .engine import Ask, Outcome
 from .ids import derive_seed, rng
-from .personas import ATTRIBUTES, parse_json
+from .personas import ATTRIBUTES
+from .schema import parse_json
 from .stats import bootstrap_ci, cohen_kappa
 
 SUBJECT, JUDGE = "subject", "judge"

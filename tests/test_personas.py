@@ -6,6 +6,7 @@ import pytest
 
 from generation import personas as P
 from generation.engine import Outcome
+from generation.schema import parse_json, union_schema, validate
 
 SEED = 7
 
@@ -188,7 +189,7 @@ def test_enrichment_schema_fields_and_enums():
 def test_parse_valid_and_invalid():
     schema = P.enrichment_schema(_prepared())
     good = _answer()
-    assert P.parse_json(json.dumps(good), schema) == good
+    assert parse_json(json.dumps(good), schema) == good
     bad_cases = {
         "invalid JSON": '{"ancestry": "Irish",',
         "not an allowed value": json.dumps(_answer(religion="Pastafarian")),
@@ -201,7 +202,7 @@ def test_parse_valid_and_invalid():
     }
     for reason, text in bad_cases.items():
         with pytest.raises(ValueError, match=reason):
-            P.parse_json(text, schema)
+            parse_json(text, schema)
 
 
 def test_parse_judge():
@@ -216,14 +217,14 @@ def test_union_schema_accepts_what_any_member_accepts():
     minor = P.enrichment_schema(_prepared(**child("2024HU0000009", age=12)))
     foreign = P.enrichment_schema(_prepared(citizenship=NAT, generated_fields=["place_of_birth"], ancestry="Polish",
                                             household_type=MARRIED_KIDS, family_presence_and_age="No related children"))
-    union = P.union_schema([adult, minor, foreign])
+    union = union_schema([adult, minor, foreign])
     assert set(union["properties"]["political_views"]["enum"]) == set(P.POLITICAL_VIEWS + [P.NOT_APPLICABLE_MINOR])
     assert "enum" not in union["properties"]["place_of_birth"]
     assert union["required"] == ["place_of_birth", *P.LLM_ATTRIBUTES]
     ans = _answer(political_views=P.NOT_APPLICABLE_MINOR)
-    P.validate(ans, union)
+    validate(ans, union)
     with pytest.raises(ValueError):
-        P.validate(ans, adult)
+        validate(ans, adult)
 
 
 def test_asks_and_rendering():
