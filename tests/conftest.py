@@ -26,13 +26,11 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory, shared_data, tiny_model):
     """One whole build with the tiny model (4 personas): (folder holding a/persona, its recipe)."""
-    from .helpers import recipe_text, run_py
+    from .helpers import build, recipe_data, write_recipe
     tmp = tmp_path_factory.mktemp("build")
-    recipe = tmp / "recipe.toml"
-    recipe.write_text(recipe_text(tiny_model, personas=4, classify_limit=30, max_tokens=1200, chunk_size=4))
-    out, work = tmp / "a" / "persona", tmp / "a" / "work"
-    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=900)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    recipe = write_recipe(tmp / "recipe.toml", recipe_data(tiny_model, personas=4, classify_limit=30,
+                                                          max_tokens=1200, chunk_size=4))
+    build(recipe, tmp / "a" / "persona", tmp / "a" / "work", check=True)
     return tmp, recipe
 
 

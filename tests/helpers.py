@@ -1,13 +1,20 @@
-"""Shared test helpers: recipes pointing at local models, and running project code in a subprocess."""
+"""Shared test helpers: recipes (as data) pointing at local models, running project code (and builds) in a
+subprocess, and a scripted stand-in for the builder's Run."""
 from __future__ import annotations
 
+import copy
+import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
+
+from generation.engine import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,47 +24,80 @@ STATES = ("p_10.parquet", "p_50.parquet", "p_56.parquet")  # Delaware, Vermont, 
 MAX_TOKENS = {"persona_filler": 1024, "responder": 48}
 
 
-def recipe_text(model_dir: str | Path, *, personas: int = 4, extra: str = "", classify_limit: int = 24,
+ROLES = ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser")
+
+
+def recipe_data(model_dir: str | Path, *, personas: int = 4, classify_limit: int = 24,
                 train_per_persona: int = 3, n_train: int = 2, n_unseen: int = 1, seed: int = 7,
-                census: str | None = None, prism: str | None = None, chunk_size: int = 16,
-                max_tokens: int = 48, max_model_len: int = 8192) -> str:
+                census: str | Path | None = None, prism: str | Path | None = None, chunk_size: int = 16,
+                max_tokens: int = 48, max_model_len: int = 8192) -> dict:
+    """A recipe as data (the TOML tables as nested dicts): one local model `m` serves every role.
+    The defaults shape the request ids, and so the data the tests see: change them with care."""
     shared = Path(os.environ.get("PERSONA_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    census = census or str(shared / "census" / "acs-pums-2024-1yr")
-    prism = prism or str(shared / "prism" / "prism_opening_prompts.json")
-    roles = "".join(f'\n[roles.{r}]\nmodel = "m"\ntemperature = 0.8\nmax_tokens = {max_tokens}\n'
-                    for r in ("persona_filler", "consistency_judge", "prompt_classifier", "responder", "critic", "reviser"))
-    return f"""name = "test"
-seed = {seed}
-demo = true
+    return {
+        "name": "test", "seed": seed, "demo": True,
+        "census": {"source": str(census or shared / "census" / "acs-pums-2024-1yr"), "personas": personas},
+        "prompts": {"source": str(prism or shared / "prism" / "prism_opening_prompts.json"),
+                    "classify_limit": classify_limit},
+        "pairs": {"train_per_persona": train_per_persona, "n_train": n_train, "n_unseen": n_unseen,
+                  "structured": True, "cap_to_pool": True},
+        "output": {"chunk_size": chunk_size},
+        "models": {"m": {"id": "test/model", "path": str(model_dir), "dtype": "float32",
+                         "max_model_len": max_model_len, "kv_cache_gib": 0.25}},
+        "roles": {role: {"model": "m", "temperature": 0.8, "max_tokens": max_tokens} for role in ROLES},
+    }
 
-[census]
-source = "{census}"
-personas = {personas}
 
-[prompts]
-source = "{prism}"
-classify_limit = {classify_limit}
+def edited(data: dict, changes: dict) -> dict:
+    """A copy of `data` with `{"table.key": value}` set (tables made as needed); the value None removes the key."""
+    out = copy.deepcopy(data)
+    for dotted, value in changes.items():
+        *tables, key = dotted.split(".")
+        table = out
+        for name in tables:
+            table = table.setdefault(name, {})
+        if value is None:
+            del table[key]
+        else:
+            table[key] = value
+    return out
 
-[pairs]
-train_per_persona = {train_per_persona}
-n_train = {n_train}
-n_unseen = {n_unseen}
-structured = true
-cap_to_pool = true
 
-[output]
-chunk_size = {chunk_size}
+def toml_text(data: dict, path: tuple = ()) -> str:
+    """TOML for the value types recipes use (str, int, float, bool, lists, nested tables); tomllib reads it
+    back as `data`. Values come before sub-tables, as TOML requires."""
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", k) for k in data), f"not a bare key in {list(data)}"
+    values = [f"{k} = {_toml_value(v)}\n" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in data.items() if isinstance(v, dict)]
+    head = f"\n[{'.'.join(path)}]\n" if path and (values or not tables) else ""
+    return head + "".join(values) + "".join(toml_text(v, (*path, k)) for k, v in tables)
 
-[models.m]
-id = "test/model"
-path = "{model_dir}"
-dtype = "float32"
-max_model_len = {max_model_len}
-kv_cache_gib = 0.25
-{roles}
-{extra}
-"""
 
+def _toml_value(v) -> str:
+    if isinstance(v, bool):  # before int: bool is an int
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)  # also nan, inf, -inf, which TOML spells the same way
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # JSON's string escapes are TOML basic-string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_value, v)) + "]"
+    raise TypeError(f"no TOML for {type(v).__name__}: {v!r}")
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml_text(data))
+    return path
+
+
+def recipe_text(model_dir: str | Path, **kw) -> str:
+    return toml_text(recipe_data(model_dir, **kw))
+
+
+def load_toml(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
 
 def env(**extra) -> dict:
     e = dict(os.environ)
@@ -111,16 +151,70 @@ def popen(args: list, **extra_env) -> subprocess.Popen:
 
 
 def make_recipe(path: Path, model, census: Path, prompts: Path | None = None, max_tokens: dict | None = None,
-                model_path=None) -> Path:
-    text = recipe_text(model_path or model, personas=3, train_per_persona=2, n_train=1, n_unseen=1,
-                       classify_limit=16, chunk_size=8, max_tokens=320, census=str(census),
-                       prism=str(prompts) if prompts else None)
-    # one replacement round at most: every round is another ~600-token filler batch
-    text = text.replace("personas = 3\n", "personas = 3\nmax_rounds = 1\n", 1)
+                model_path=None, changes: dict | None = None) -> Path:
+    """The crash tests' small recipe (3 personas, short answers) written to `path`; `changes` as in `edited`."""
+    data = recipe_data(model_path or model, personas=3, train_per_persona=2, n_train=1, n_unseen=1,
+                       classify_limit=16, chunk_size=8, max_tokens=320, census=census, prism=prompts)
+    data["census"]["max_rounds"] = 1  # one replacement round at most: every round is another ~600-token filler batch
     for role, n in {**MAX_TOKENS, **(max_tokens or {})}.items():
-        section = f'[roles.{role}]\nmodel = "m"\ntemperature = 0.8\nmax_tokens = 320\n'
-        assert text.count(section) == 1, role
-        text = text.replace(section, section.replace("max_tokens = 320", f"max_tokens = {n}"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+        data["roles"][role]["max_tokens"] = n
+    return write_recipe(path, edited(data, changes or {}))
+
+
+# ------------------------------------------------------------------------------ `persona build` in a subprocess
+
+def build_args(recipe: Path, out: Path | None = None, work: Path | None = None, *flags) -> list:
+    return ["-m", "builder.cli", "build", "--recipe", recipe, *(["--out", out] if out else []),
+            *(["--work", work] if work else []), *flags]
+
+
+def build(recipe: Path, out: Path | None = None, work: Path | None = None, *flags, timeout: float = 900,
+          check: bool = False, **extra_env) -> subprocess.CompletedProcess:
+    """`python -m builder.cli build` with the test environment (plus `extra_env`, e.g. PERSONA_FAULT);
+    check=True asserts it succeeded, showing the end of its output if not."""
+    p = subprocess.run([sys.executable, *map(str, build_args(recipe, out, work, *flags))], capture_output=True,
+                       text=True, env=env(**extra_env), timeout=timeout, cwd=ROOT)
+    if check:
+        assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-6000:]}"
+    return p
+
+
+def start_build(recipe: Path, out: Path, work: Path, *flags, stderr=subprocess.DEVNULL,
+                **extra_env) -> subprocess.Popen:
+    """The same build, running in the background (to kill it, or to race another build)."""
+    return subprocess.Popen([sys.executable, *map(str, build_args(recipe, out, work, *flags))], cwd=ROOT,
+                            env=env(**extra_env), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+# ------------------------------------------------------------------------------ a scripted Run (no model)
+
+class ScriptedRun:
+    """A stand-in for the builder's Run (builder/runner.py StoreRunner): `run(role, asks, parse)` ->
+    {key: Outcome}. Each answer is `answer(role, ask, attempt)`, or the fixed text `answer`. Like the real
+    runner it applies `parse` (the text itself without one), retries while parse raises ValueError
+    (`max_attempts`, the recipe default 3), then records a reject with the last text and the error as its
+    reason. Output tokens are counted as words. `calls` records (role, asks) per call."""
+
+    def __init__(self, answer, max_attempts: int = 3):
+        self.answer = answer if callable(answer) else (lambda role, ask, attempt: answer)
+        self.max_attempts = max_attempts
+        self.calls: list[tuple[str, list]] = []
+
+    def __call__(self, role, asks, parse=None):
+        parse = parse or (lambda text: text)
+        asks = list(asks)
+        self.calls.append((role, asks))
+        if len({a.key for a in asks}) != len(asks):
+            raise ValueError(f"{role}: duplicate ask keys")
+        out = {}
+        for ask in asks:
+            for attempt in range(self.max_attempts):
+                text, reason = self.answer(role, ask, attempt), None
+                try:
+                    parse(text)
+                    break
+                except ValueError as e:
+                    reason = (str(e).strip() or type(e).__name__)[:300]
+            out[ask.key] = Outcome(ask.key, reason is None, parse(text) if reason is None else None, text, reason,
+                                   attempt + 1, 0, len(text.split()))
+        return out

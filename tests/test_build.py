@@ -6,15 +6,9 @@ import sys
 
 import pytest
 
-from .helpers import ROOT, env, kill_when, popen, run_py, stored
+from .helpers import ROOT, build, edited, env, kill_when, load_toml, run_py, start_build, stored, write_recipe
 
 pytestmark = pytest.mark.slow
-
-
-def _build(recipe, out, work):
-    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=900)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +18,7 @@ def built(tiny_build):
 
 def test_same_recipe_twice_gives_identical_bytes(built):
     tmp, recipe = built
-    _build(recipe, tmp / "b" / "persona", tmp / "b" / "work")
+    build(recipe, tmp / "b" / "persona", tmp / "b" / "work", check=True)
     a = (tmp / "a" / "persona" / "SHA256SUMS").read_text()
     assert a == (tmp / "b" / "persona" / "SHA256SUMS").read_text()
     assert "preferences/train-00000-of-00001.parquet" in a and "README.md" in a
@@ -83,10 +77,10 @@ def test_card_validates_and_matches_manifest(built):
 def test_kill_9_during_pair_generation_then_resume(built, tmp_path):
     tmp, recipe = built
     out, work = tmp_path / "persona", tmp_path / "work"
-    proc = popen(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work])
+    proc = start_build(recipe, out, work)
     kill_when(proc, lambda: stored(work, "critic") >= 1, "a critique was stored")
     assert not (out / "SHA256SUMS").exists()
-    _build(recipe, out, work)
+    build(recipe, out, work, check=True)
     assert (out / "SHA256SUMS").read_text() == (tmp / "a" / "persona" / "SHA256SUMS").read_text()
     with sqlite3.connect(next(work.glob("*/requests.sqlite"))) as db:
         dup = db.execute("SELECT key, role, count(*) FROM results GROUP BY role, key HAVING count(*) > 1").fetchall()
@@ -94,8 +88,7 @@ def test_kill_9_during_pair_generation_then_resume(built, tmp_path):
 
 
 def test_bad_recipe_is_one_clear_line(tmp_path):
-    f = tmp_path / "r.toml"
-    f.write_text((ROOT / "configs" / "cpu.toml").read_text().replace("[census]", "[census]\nbogus = 1"))
-    p = run_py(["-m", "builder.cli", "build", "--recipe", f])
+    f = write_recipe(tmp_path / "r.toml", edited(load_toml(ROOT / "configs" / "cpu.toml"), {"census.bogus": 1}))
+    p = build(f)
     assert p.returncode == 2
     assert p.stderr.strip() == f"persona: error: {f}: census: unknown key 'bogus' (allowed: dictionary, max_rounds, method, min_age, personas, sha256, source, states)"

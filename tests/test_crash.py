@@ -33,27 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import ROOT, env, kill_when, make_recipe, one_line_error
+from .helpers import ROOT, build, kill_when, make_recipe, one_line_error, start_build
 
 pytestmark = pytest.mark.slow
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def build_cmd(recipe, out, work) -> list[str]:
-    return [sys.executable, "-m", "builder.cli", "build", "--recipe", str(recipe), "--out", str(out),
-            "--work", str(work)]
-
-
-def run_build(recipe, out, work, timeout=600, **fault) -> subprocess.CompletedProcess:
-    return subprocess.run(build_cmd(recipe, out, work), cwd=ROOT, env=env(**fault), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def ok_build(recipe, out, work):
-    p = run_build(recipe, out, work)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
-    return p
-
 
 def store_file(work: Path) -> Path:
     found = list(work.glob("*/requests.sqlite"))
@@ -116,11 +100,6 @@ def check_folder(out: Path, reference_out: Path) -> dict:
     return manifest
 
 
-def start(recipe, out, work, **fault) -> subprocess.Popen:
-    return subprocess.Popen(build_cmd(recipe, out, work), cwd=ROOT, env=env(**fault),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 # ----------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -129,7 +108,7 @@ def reference(tmp_path_factory, tiny_model, census_small, prism_file):  # noqa: 
     tmp = tmp_path_factory.mktemp("reference")
     recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small)
     out, work = tmp / "persona", tmp / "work"
-    ok_build(recipe, out, work)
+    build(recipe, out, work, check=True)
     manifest = json.loads((out / "manifest.json").read_text())
     # the recipe must exercise every stage, or the kill points below prove nothing
     assert manifest["counts"]["personas"] >= 1 and sum(manifest["counts"]["pairs"].values()) >= 2, manifest["counts"]
@@ -151,25 +130,25 @@ def test_kill_9_in_every_stage_then_resume_is_identical(reference, tmp_path):
     store = lambda: next(work.glob("*/requests.sqlite"), None)  # noqa: E731
 
     # 1. persona enrichment: filler answers stored, no pair generated yet
-    kill_when(start(recipe, out, work), lambda: store() is not None and rows_by_role(store(), "persona_filler") > 0,
+    kill_when(start_build(recipe, out, work), lambda: store() is not None and rows_by_role(store(), "persona_filler") > 0,
               "persona_filler rows were stored")
     assert rows_by_role(store(), "critic") == 0 and not out.exists()
 
     # 2. pair generation: critic (or reviser) answers stored
     before = rows_by_role(store())
-    kill_when(start(recipe, out, work),
+    kill_when(start_build(recipe, out, work),
               lambda: rows_by_role(store(), "critic") + rows_by_role(store(), "reviser") > 0, "critic rows were stored")
     assert rows_by_role(store()) > before and not out.exists()
 
     # 3. sharding: the hook kills the build once the shards are written, before manifest and swap
-    p = run_build(recipe, out, work, PERSONA_FAULT="after_shards")
+    p = build(recipe, out, work, PERSONA_FAULT="after_shards")
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     [partial] = partials()
     assert list(partial.glob("preferences/*.parquet")) and not (partial / "manifest.json").exists()
     assert not out.exists()
 
     # 4. resume to the end: the bytes and the stored answers of the uninterrupted build
-    ok_build(recipe, out, work)
+    build(recipe, out, work, check=True)
     check_folder(out, reference["out"])
     assert stored(store()) == stored(reference["store"])  # nothing missing, nothing extra, same texts
 
@@ -184,7 +163,7 @@ def test_disk_full_is_one_line_then_a_rerun_completes(reference, tmp_path, where
     store = seed_store(recipe, work, reference["store"], delete)
     rows = rows_by_role(store)
 
-    line = one_line_error(run_build(recipe, out, work, PERSONA_FAULT=f"enospc_{where}"))
+    line = one_line_error(build(recipe, out, work, PERSONA_FAULT=f"enospc_{where}"))
     if where == "store":
         assert line.startswith(f"persona: error: request store {store}: could not write a chunk of 2 results:")
         assert line.endswith("database or disk is full")
@@ -194,7 +173,7 @@ def test_disk_full_is_one_line_then_a_rerun_completes(reference, tmp_path, where
     assert rows_by_role(store) == rows                       # no answer lost, no half chunk
     assert (out / "SHA256SUMS").read_text() == sums          # the dataset already there is untouched
 
-    ok_build(recipe, out, work)                              # the disk has room again
+    build(recipe, out, work, check=True)                     # the disk has room again
     check_folder(out, reference["out"])
     assert stored(store) == stored(reference["store"])
 
@@ -258,7 +237,7 @@ def test_bad_input_is_one_clear_line_and_keeps_what_was_built(reference, tmp_pat
     store = seed_store(recipe, work, reference["store"]) if case in PROMPT_CASES else None
     rows = rows_by_role(store) if store else 0
 
-    line = one_line_error(run_build(recipe, out, work))
+    line = one_line_error(build(recipe, out, work))
     assert line.startswith("persona: error: ") and expected in line, line
     assert (out / "SHA256SUMS").read_text() == sums          # the dataset already there is untouched
     assert not list(out.parent.glob("persona.partial*"))
@@ -275,7 +254,7 @@ def test_output_that_never_fits_the_schema_is_a_counted_reject(reference, tmp_pa
                          max_tokens={"critic": critic_tokens})
     out, work = tmp_path / "persona", tmp_path / "work"
     store = seed_store(recipe, work, reference["store"])  # personas, prompts, answers as in the reference
-    p = run_build(recipe, out, work)
+    p = build(recipe, out, work)
 
     with sqlite3.connect(store) as db:  # the critiques asked for with this max_tokens
         ref_ids = set(stored(reference["store"]))

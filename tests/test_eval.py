@@ -14,7 +14,7 @@ from generation import evaluation as ev
 from generation.engine import Outcome
 from generation.personas import ATTRIBUTES
 
-from .helpers import ROOT, env, kill_when, one_line_error, popen, run_py, stored
+from .helpers import ROOT, ScriptedRun, env, kill_when, one_line_error, popen, run_py, stored
 
 PROBED = ["age", "sex", "religion", "ideology"]
 
@@ -29,14 +29,8 @@ def _pairs(n: int) -> pd.DataFrame:
 
 
 def answering(pick):
-    """A Run (the protocol stages use) whose answer is `pick(user message)`: "A" or "B"."""
-    def run(role, asks, parse=None):
-        out = {}
-        for a in asks:
-            text = json.dumps({"preferred": pick(a.messages[-1]["content"])})
-            out[a.key] = Outcome(a.key, True, parse(text), text, None, 1, 0, 0)
-        return out
-    return run
+    """A Run whose answer is `pick(user message)`: "A" or "B"."""
+    return ScriptedRun(lambda role, ask, attempt: json.dumps({"preferred": pick(ask.messages[-1]["content"])}))
 
 
 def _score(pairs, run, both_orders):
@@ -112,10 +106,8 @@ def test_label_order_control_tells_a_reading_judge_from_a_copying_one():
                for i in range(6)}
 
     def judge(decide):
-        def run(role, asks, parse):
-            return {a.key: Outcome(a.key, True, {"reason": "r", "verdict": decide(a.messages[-1]["content"])}, "",
-                                   None, 1, 0, 0) for a in asks}
-        return run
+        return ScriptedRun(lambda role, ask, attempt: json.dumps({"reason": "r",
+                                                                  "verdict": decide(ask.messages[-1]["content"])}))
 
     reads = judge(lambda user: ev.NO_REVISION if "GOOD" in user else ev.NEEDS_REVISION)
     rows = ev.judge_answers(items, answers, reads, label_control=True)

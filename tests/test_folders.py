@@ -16,7 +16,7 @@ import pytest
 from builder import folders
 from builder.manifest import FORMAT
 
-from .helpers import ROOT, env, make_recipe, one_line_error, recipe_text, run_py
+from .helpers import ROOT, build, env, make_recipe, one_line_error, recipe_text, run_py, start_build
 
 
 def fake_build(folder: Path, tag: str = "old") -> Path:
@@ -32,10 +32,6 @@ def user_folder(folder: Path) -> Path:
     return folder
 
 
-def build_cmd(recipe: Path, out: Path, work: Path) -> list:
-    return ["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work]
-
-
 # ------------------------------------------------------------------------------ ownership (no model)
 
 @pytest.mark.parametrize("name", ["persona", "persona.old"])
@@ -46,7 +42,7 @@ def test_a_folder_of_user_files_is_refused_before_anything_runs(tmp_path, tiny_m
         fake_build(out)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(recipe_text(tiny_model))
-    line = one_line_error(run_py(build_cmd(recipe, out, tmp_path / "work"), timeout=120))
+    line = one_line_error(build(recipe, out, tmp_path / "work", timeout=120))
     assert str(target) in line and "not a persona build" in line, line
     assert (target / "thesis.tex").read_text() == "years of work"
     assert not (tmp_path / "work").exists()  # refused before the work folder (or any model) was touched
@@ -149,8 +145,7 @@ def test_a_second_holder_is_refused_naming_the_first_pid(tmp_path):
 def test_two_builds_on_one_output_run_one_at_a_time(tmp_path, tiny_model, census_small):
     recipe = make_recipe(tmp_path / "recipe.toml", tiny_model, census_small)
     out = tmp_path / "persona"
-    first = subprocess.Popen([sys.executable, *map(str, build_cmd(recipe, out, tmp_path / "work"))], cwd=ROOT,
-                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = start_build(recipe, out, tmp_path / "work", stderr=subprocess.PIPE)
     lock = folders.output_lock(out)
     deadline = time.time() + 120
     while not (lock.exists() and lock.read_text().strip() == str(first.pid)) and time.time() < deadline:
@@ -158,7 +153,7 @@ def test_two_builds_on_one_output_run_one_at_a_time(tmp_path, tiny_model, census
     # same output, other work folder; then same work folder, other output
     for other_out, other_work, what in ((out, tmp_path / "work2", "output folder"),
                                         (tmp_path / "elsewhere", tmp_path / "work", "work folder")):
-        line = one_line_error(run_py(build_cmd(recipe, other_out, other_work), timeout=300))
+        line = one_line_error(build(recipe, other_out, other_work, timeout=300))
         assert f"{what} " in line and f"in use by another persona process (pid {first.pid};" in line, line
     assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
     assert not (tmp_path / "elsewhere").exists() and not list(tmp_path.glob("persona.partial*"))
@@ -177,7 +172,7 @@ def test_a_comment_in_the_recipe_reuses_every_stored_answer(tiny_build, tmp_path
     before = count()
     edited = tmp_path / "recipe.toml"
     edited.write_text("# a comment: same dataset\n" + recipe.read_text().replace("\n[census]", "\n\n[census]"))
-    p = run_py(build_cmd(edited, tmp_path / "persona", work), timeout=600)
+    p = build(edited, tmp_path / "persona", work, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert count() == before  # nothing generated again
     assert (tmp_path / "persona" / "SHA256SUMS").exists()

@@ -3,7 +3,6 @@ import math
 import pandas as pd
 import pytest
 
-from generation.engine import Outcome
 from generation.ids import stable_id
 from generation.pairs import (
     COLUMNS, CRITIC_INSTRUCTION, REVISER_INSTRUCTION, PairsError, build_pairs, check_revision,
@@ -11,29 +10,7 @@ from generation.pairs import (
 )
 from generation.prompts import assign
 
-MAX_ATTEMPTS = 3
-
-
-def runner_double(answer, calls):
-    """A scripted stand-in for the builder's run: answer(role, ask, attempt) -> text; like the real
-    runner it retries while parse raises (up to MAX_ATTEMPTS), then records a reject with the last text.
-    Tokens are counted as words."""
-    def run(role, asks, parse=None):
-        calls.append((role, list(asks)))
-        assert len({a.key for a in asks}) == len(asks), "keys must be unique within a call"
-        out = {}
-        for ask in asks:
-            for attempt in range(MAX_ATTEMPTS):
-                text = answer(role, ask, attempt)
-                try:
-                    value, ok, reason = (parse(text) if parse else text), True, None
-                    break
-                except ValueError as e:
-                    value, ok, reason = None, False, str(e)
-            out[ask.key] = Outcome(ask.key, ok, value, text, reason, attempt + 1, 0, len(text.split()))
-        return out
-    return run
-
+from .helpers import ScriptedRun
 
 # ---------------------------------------------------------------------------------------------- parsers
 
@@ -144,8 +121,9 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
             return f"REVISED PREFERENCE:\n{rejected}  "           # identical once, then fixed
         return f"REVISED PREFERENCE: Tailored for {persona}: {rejected} extra words here"
 
-    calls = []
-    table, stats = build_pairs(personas, prompts, assignment, runner_double(answer, calls))
+    run = ScriptedRun(answer)  # answer(role, ask, attempt): the runner retries a critique that does not parse
+    table, stats = build_pairs(personas, prompts, assignment, run)
+    calls = run.calls
 
     # nothing silently dropped
     rejected_ids = [r["pair_id"] for r in stats["rejects"]]
@@ -217,8 +195,9 @@ def test_length_control():
             return "REVISED PREFERENCE: " + " ".join(["long"] * 30)   # too long once
         return "REVISED PREFERENCE: " + " ".join(["ok"] * 18)
 
-    calls = []
-    table, stats = build_pairs(personas, prompts, assignment, runner_double(answer, calls), length_control=0.2)
+    run = ScriptedRun(answer)
+    table, stats = build_pairs(personas, prompts, assignment, run, length_control=0.2)
+    calls = run.calls
     assert stats["rejects_by_reason"] == {"length": 1} and stats["length_control"] == 0.2
     assert len(table) + len(stats["rejects"]) == 12 and len(table) == 11
     first = calls[2][1]
@@ -232,14 +211,14 @@ def test_length_control():
     # tokens as counted by the double: 1 header word + 18 words ("REVISED" "PREFERENCE:" are 2)
     assert length_report(table, 0.2)["median_chosen_over_rejected"] == 1.0
     # without length control no max_tokens override and no length rule
-    calls2 = []
-    table2, stats2 = build_pairs(personas, prompts, assignment, runner_double(answer, calls2))
-    assert len(table2) == 12 and all(a.max_tokens is None for a in calls2[2][1])
+    run2 = ScriptedRun(answer)
+    table2, stats2 = build_pairs(personas, prompts, assignment, run2)
+    assert len(table2) == 12 and all(a.max_tokens is None for a in run2.calls[2][1])
 
 
 def test_build_pairs_with_nothing_assigned():
     personas, prompts, assignment = _inputs()
-    table, stats = build_pairs(personas, prompts, assignment.iloc[:0], runner_double(lambda *a: "", []))
+    table, stats = build_pairs(personas, prompts, assignment.iloc[:0], ScriptedRun(""))
     assert list(table.columns) == COLUMNS and len(table) == 0
     assert stats["pairs"] == stats["assigned"] == 0
     assert length_report(table, None) == {"pairs": 0, "length_control": None}
@@ -247,7 +226,7 @@ def test_build_pairs_with_nothing_assigned():
 
 def test_build_pairs_rejects_bad_inputs():
     personas, prompts, assignment = _inputs()
-    run = runner_double(lambda *a: "", [])
+    run = ScriptedRun("")
     with pytest.raises(PairsError, match="unknown persona_id 'pz'"):
         build_pairs(personas, prompts, pd.concat([assignment, pd.DataFrame(
             [{"pair_id": stable_id("pz", "q0"), "persona_id": "pz", "prompt_id": "q0", "split": "train"}])]), run)

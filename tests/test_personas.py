@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from generation import personas as P
-from generation.engine import Outcome
 from generation.schema import parse_json, union_schema, validate
+
+from .helpers import ScriptedRun
 
 SEED = 7
 
@@ -257,28 +258,17 @@ def _from_schema(schema: dict, pid: str) -> dict:
             for k, p in schema["properties"].items()}
 
 
-class ScriptedRun:
-    """Test double for the builder's `run`: answers from the Ask's schema, with scripted failures."""
-
-    def __init__(self, judge_says_no=(), filler_fails=(), overrides=None):
-        self.judge_says_no, self.filler_fails = set(judge_says_no), set(filler_fails)
-        self.overrides = overrides or {}
-        self.calls = []
-
-    def __call__(self, role, asks, parse=None):
-        self.calls.append((role, [a.key for a in asks]))
-        out = {}
-        for a in asks:
-            pid = a.key.split("/", 1)[1]
-            if role == P.FILLER_ROLE and pid in self.filler_fails:
-                out[a.key] = Outcome(a.key, False, None, '{"ancestry": "Iri', "schema: invalid JSON", 3, 50, 9)
-                continue
-            if role == P.FILLER_ROLE:
-                text = json.dumps({**_from_schema(a.schema, pid), **self.overrides.get(pid, {})})
-            else:
-                text = json.dumps({"reason": "checked", "consistent": pid not in self.judge_says_no})
-            out[a.key] = Outcome(a.key, True, parse(text), text, None, 1, 50, 20)
-        return out
+def scripted(judge_says_no=(), filler_fails=(), overrides=None) -> ScriptedRun:
+    """A Run answering from the Ask's schema, with scripted failures: the filler's answer for
+    `filler_fails` is cut off (never valid JSON); the judge finds `judge_says_no` inconsistent."""
+    def answer(role, ask, attempt):
+        pid = ask.key.split("/", 1)[1]
+        if role != P.FILLER_ROLE:
+            return json.dumps({"reason": "checked", "consistent": pid not in judge_says_no})
+        if pid in filler_fails:
+            return '{"ancestry": "Iri'
+        return json.dumps({**_from_schema(ask.schema, pid), **(overrides or {}).get(pid, {})})
+    return ScriptedRun(answer)
 
 
 def _pid(serial, sporder=1):
@@ -304,7 +294,7 @@ def _setup():
         fresh = pool[[(s, o) not in exclude for s, o in zip(pool.source_serialno, pool.source_sporder)]]
         return fresh.iloc[:k]
 
-    run = ScriptedRun(
+    run = scripted(
         judge_says_no={_pid("2024HU0000003")}, filler_fails={_pid("2024HU0000004")},
         overrides={_pid("2024HU0000005", 2): {"political_views": "Democrat"},
                    _pid("2024HU0000006"): {"detailed_job_description": "Retired early from software work"}})
@@ -329,9 +319,9 @@ def test_build_personas_replaces_rejects_and_counts_reasons():
     assert draws == [(4, 1, {(s, int(o)) for s, o in zip(people.source_serialno, people.source_sporder)})]
     assert out.replacement_round.tolist() == [0, 0, 1, 1, 1, 1]
     # the married 10-year-old never reached the model
-    assert f"enrich/{_pid('2024HU0000002', 3)}" not in run.calls[0][1]
+    assert f"enrich/{_pid('2024HU0000002', 3)}" not in [a.key for a in run.calls[0][1]]
     # only people passing the post-enrichment rules were judged
-    assert f"judge/{_pid('2024HU0000006')}" not in run.calls[1][1]
+    assert f"judge/{_pid('2024HU0000006')}" not in [a.key for a in run.calls[1][1]]
     # the persona text is the rendering of the row
     first = out.iloc[0]
     assert first.persona == P.render_persona(first.to_dict())
@@ -349,7 +339,7 @@ def test_build_personas_is_deterministic():
 
 def test_build_personas_minor_and_group_quarters():
     people = pd.DataFrame([child("2024HU0000010", age=15), child("2024GQ0000011", sporder=1, age=17)])
-    out, stats = P.build_personas(people, lambda k, r, e: people.iloc[:0], ScriptedRun(), n=2, seed=SEED)
+    out, stats = P.build_personas(people, lambda k, r, e: people.iloc[:0], scripted(), n=2, seed=SEED)
     assert len(out) == 2 and stats["rejected"] == {}
     assert (out.political_views == P.NOT_APPLICABLE_MINOR).all()
     gq = out[out.source_serialno == "2024GQ0000011"].iloc[0]
@@ -364,7 +354,7 @@ def test_build_personas_shortfall_when_draws_run_out():
         draws.append(rnd)
         return people.iloc[:0]
 
-    run = ScriptedRun(judge_says_no={_pid("2024HU000001")})
+    run = scripted(judge_says_no={_pid("2024HU000001")})
     out, stats = P.build_personas(people, draw_more, run, n=3, seed=SEED, max_rounds=2)
     assert len(out) == 2 and stats["shortfall"] == 1 and draws == [1]
     assert stats["rejections"][0]["reasons"] == ["judge_inconsistent"]
@@ -379,7 +369,7 @@ def test_build_personas_stops_after_max_rounds():
         return pool[[s not in {e[0] for e in exclude} for s in pool.source_serialno]].iloc[:k]
 
     everyone = {P.persona_id(s, 1, SEED) for s in list(pool.source_serialno) + ["2024HU0000001"]}
-    out, stats = P.build_personas(people, draw_more, ScriptedRun(judge_says_no=everyone), n=1, seed=SEED,
+    out, stats = P.build_personas(people, draw_more, scripted(judge_says_no=everyone), n=1, seed=SEED,
                                   max_rounds=3)
     assert len(out) == 0 and stats["drawn"] == 4 and stats["rounds"] == 3
     assert stats["rejected"] == {"judge_inconsistent": 4}

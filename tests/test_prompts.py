@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from generation.engine import Outcome
 from generation.ids import stable_id
 from generation.prompts import (
     CLASSIFY_SCHEMA, PAPER_HELDOUT_FRACTION, TOPICS, HubSource, PromptsError, assign, classify,
@@ -19,27 +18,12 @@ from generation.prompts import (
     read_hub, read_prompts, select_prompts, split_prompts,
 )
 
+from .helpers import ScriptedRun
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "prompts"
 PRISM_SHA256 = "cfb158d6619398c0905689326ab03224722a7e030f2371de8e47504325995818"  # from SOURCE.md
 FIXTURE_PROMPTS = json.loads((FIXTURES / "prompts.json").read_text())
-
-
-def scripted_run(answer, calls=None):
-    """A test double of the builder's run: answer(role, ask) -> text, parsed once; no retries."""
-    def run(role, asks, parse=None):
-        if calls is not None:
-            calls.append((role, asks))
-        out = {}
-        for ask in asks:
-            text = answer(role, ask)
-            try:
-                value, ok, reason = (parse(text) if parse else text), True, None
-            except ValueError as e:
-                value, ok, reason = None, False, str(e)
-            out[ask.key] = Outcome(ask.key, ok, value, text, reason, 1, 0, len(text.split()))
-        return out
-    return run
 
 
 # ------------------------------------------------------------------------------------------ PRISM file
@@ -222,16 +206,16 @@ def _synthetic_prompts(n):
 
 def test_classify_keeps_controversial_and_counts_rejects():
     table = _synthetic_prompts(30)
-    calls = []
 
-    def answer(role, ask):
+    def answer(role, ask, attempt):
         i = int(ask.messages[-1]["content"].split()[4])
         if i % 10 == 3:
             return "I think this is controversial."          # never valid JSON -> reject
         return json.dumps({"topic": TOPICS[i % 5], "controversial": i % 2 == 0})
 
-    kept, stats = classify(table, scripted_run(answer, calls), seed=1)
-    (role, asks), = calls
+    run = ScriptedRun(answer)
+    kept, stats = classify(table, run, seed=1)
+    (role, asks), = run.calls
     assert role == "prompt_classifier" and len(asks) == 30
     assert all(a.schema == CLASSIFY_SCHEMA for a in asks)
     assert len({a.messages[0]["content"] for a in asks}) == 1   # one shared system prompt
@@ -247,12 +231,11 @@ def test_classify_keeps_controversial_and_counts_rejects():
 
 def test_classify_limit_is_a_seeded_sample():
     table = _synthetic_prompts(100)
-    asked = []
-    run = scripted_run(lambda role, ask: '{"topic": "Other", "controversial": true}', asked)
+    run = ScriptedRun('{"topic": "Other", "controversial": true}')
     kept_a, stats = classify(table, run, seed=7, classify_limit=12)
     kept_b, _ = classify(table, run, seed=7, classify_limit=12)
     kept_c, _ = classify(table, run, seed=8, classify_limit=12)
-    assert stats["classified"] == 12 and len(asked[0][1]) == 12
+    assert stats["classified"] == 12 and len(run.calls[0][1]) == 12
     assert list(kept_a.prompt_id) == list(kept_b.prompt_id)
     assert set(kept_a.prompt_id) != set(kept_c.prompt_id)
     positions = [list(table.prompt_id).index(p) for p in kept_a.prompt_id]
@@ -363,11 +346,11 @@ def test_pair_ids_equal_stable_id_also_for_ids_json_escapes():
 # ---------------------------------------------------------------------------------------- whole stage
 
 def test_select_prompts_end_to_end_on_a_fixture():
-    def answer(role, ask):
+    def answer(role, ask, attempt):
         controversial = "boil an egg" not in ask.messages[-1]["content"]
         return json.dumps({"topic": "Other", "controversial": controversial})
 
-    table, stats = select_prompts(str(FIXTURES / "prompts.jsonl"), scripted_run(answer), seed=0,
+    table, stats = select_prompts(str(FIXTURES / "prompts.jsonl"), ScriptedRun(answer), seed=0,
                                   text_field="opening_prompt", heldout_fraction=0.34)
     assert stats["source"]["rows"] == 9 and stats["filter"]["after_dedup"] == 4
     assert stats["classify"]["controversial"] == 3 and stats["classify"]["not_controversial"] == 1

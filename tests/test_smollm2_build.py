@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from generation.personas import ATTRIBUTES
-from .helpers import ROOT, kill_when, popen, run_py, stored
+from .helpers import ROOT, build, edited, kill_when, load_toml, run_py, start_build, stored, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -16,18 +16,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2_build(tmp_path_factory, shared_data):
     tmp_path = tmp_path_factory.mktemp("smollm2")
-    text = (ROOT / "configs" / "cpu.toml").read_text()
-    text = text.replace("personas = 8", "personas = 4").replace("classify_limit = 40", "classify_limit = 24")
-    text = text.replace("../shared/data", str(shared_data))
-    text = text.replace("chunk_size = 64", "chunk_size = 4")
-    recipe = tmp_path / "small.toml"
-    recipe.write_text(text)
+    cpu = load_toml(ROOT / "configs" / "cpu.toml")
+    recipe = write_recipe(tmp_path / "small.toml", edited(cpu, {
+        "census.personas": 4, "prompts.classify_limit": 24, "output.chunk_size": 4,
+        "census.source": str(shared_data / "census" / "acs-pums-2024-1yr"),
+        "prompts.source": str(shared_data / "prism" / "prism_opening_prompts.json")}))
     out, work = tmp_path / "persona", tmp_path / "work"
-    proc = popen(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work])
-    kill_when(proc, lambda: stored(work, "critic") >= 1, "a critique was stored", timeout=900)
-
-    p = run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", out, "--work", work], timeout=1500)
-    assert p.returncode == 0, p.stderr[-4000:]
+    kill_when(start_build(recipe, out, work), lambda: stored(work, "critic") >= 1, "a critique was stored", timeout=900)
+    build(recipe, out, work, timeout=1500, check=True)
     return out, work
 
 

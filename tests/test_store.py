@@ -11,7 +11,7 @@ import time
 import pytest
 
 from builder.store import RequestStore, Stored
-from .helpers import ROOT, env, one_line_error, recipe_text, run_py
+from .helpers import ROOT, build, env, one_line_error, recipe_text, run_py
 
 
 def _row(i, text="t"):
@@ -120,8 +120,7 @@ def test_corrupt_store_is_one_line_from_the_cli(tmp_path, census_small, prism_fi
     for db in stores:
         db.parent.mkdir(parents=True)
         db.write_bytes(random.Random(2).randbytes(8192))
-    line = one_line_error(run_py(["-m", "builder.cli", "build", "--recipe", recipe, "--out", tmp_path / "out",
-                                  "--work", work]))
+    line = one_line_error(build(recipe, tmp_path / "out", work))
     assert any(line.startswith(f"persona: error: request store {db}: cannot open it: ") for db in stores), line
     assert "move it" in line
 
