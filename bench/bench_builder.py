@@ -79,7 +79,7 @@ def batches(rows: int, batch: int):
         ids = np.arange(start, start + n)
         text = {k: corpus.strings(rng, n, mean) for k, mean in MEAN_BYTES.items()}
 
-        def conversation(answer):  # [user: question, assistant: answer] per row
+        def conversation(answer, text=text, ids=ids, start=start, n=n):  # [user: question, assistant: answer]
             contents = pa.concat_arrays([text["question"], answer]).take(np.stack([ids - start, ids - start + n], 1).ravel())
             roles = pa.array(["user", "assistant"] * n)
             values = pa.StructArray.from_arrays([roles, contents], fields=list(struct))

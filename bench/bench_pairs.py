@@ -125,8 +125,9 @@ def run_stage(recipe, engine, revisions, people, prompt_table, assignment, store
     run = Runner(RunnerConfig.from_recipe(recipe), RequestStore(store_path), lambda m: recorder, revisions)
     engine.llm.reset_prefix_cache()
     t0 = time.perf_counter()
-    table, stats = build_pairs(people, prompt_table, assignment, run, recipe.pairs.length_control,
-                               recipe.output.max_attempts, structured=recipe.pairs.structured)
+    result = build_pairs(people, prompt_table, assignment, run, recipe.pairs.length_control,
+                         recipe.output.max_attempts, structured=recipe.pairs.structured)
+    table, stats = result.table, result.counts
     seconds = time.perf_counter() - t0
     return recorder, seconds, run, table, stats
 

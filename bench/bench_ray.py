@@ -107,7 +107,7 @@ def main():
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if done.returncode != 0:
                 sys.exit(f"{name} failed:\n{done.stderr[-4000:]}")
-            out[name] = json.loads(next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))[7:])
+            out[name] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
             r = out[name]
             print(f"{name:6} {r['tokens_per_s']:8.1f} output tokens/s best pass, {r['median_tokens_per_s']:8.1f} median "
                   f"({r['output_tokens']:,} tokens per pass, passes {r['pass_seconds']} s; start-up {r['startup_s']:.1f} s)",

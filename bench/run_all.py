@@ -157,7 +157,7 @@ def projection(pairs_json: Path) -> list[str]:
 
 def main() -> int:
     info = machine()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     print(f"persona benchmarks, {started:%Y-%m-%d %H:%M} UTC on {info['nproc']} x {info['cpu']}, {info['ram_gib']} GiB RAM; "
           f"load {load()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="persona_bench_"))
@@ -181,7 +181,7 @@ def main() -> int:
         print("\n=== paper-scale projection\n" + "\n".join(proj), flush=True)
     else:
         skipped.append("projection: bench_pairs.py did not finish")
-    minutes = (dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60
+    minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
 
     missed = [f"{r['name']}: {line.strip()}" for r in results for line in r["out"] if "MISSED" in line]
     failed = [r for r in results if r["rc"] != 0]

@@ -97,7 +97,8 @@ class Persona:
         items for the probe, over --attributes (comma list; default all 33).
         Compare finished reports: persona eval --compare eval/A@REV/v1.0.0 eval/B@REV/v1.0.0
         """
-        from .evaluate import Settings, compare as compare_reports, run_eval
+        from .evaluate import Settings, run_eval
+        from .evaluate import compare as compare_reports
         if compare is not None:
             paths = [str(compare), *map(str, more_reports)]
             if len(paths) < 2:

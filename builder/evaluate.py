@@ -14,14 +14,18 @@ import dataclasses
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from generation import evaluation as ev
+from generation.errors import PersonaError
 from generation.ids import canonical, sha256_file
+from generation.log import log
 from generation.models import cache_dir
+from generation.names import PREFERENCES as CONFIG
+from generation.names import SMOLLM2, TEST_SPLITS
 from generation.personas import ATTRIBUTES
 
 from . import folders
@@ -30,9 +34,6 @@ from .executors import local_executor_for, resolve_revisions
 from .recipe import ModelConfig, RoleConfig
 from .runner import RunnerConfig, StoreRunner
 from .store import RequestStore
-from generation.errors import PersonaError
-from generation.log import log
-from generation.names import PREFERENCES as CONFIG, SMOLLM2, TEST_SPLITS
 
 FORMAT = "persona-eval/1"
 PAIR_COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "chosen", "rejected"]
@@ -339,7 +340,7 @@ def chart(report: dict) -> bytes:
 
     def bars(ax, entries: list[tuple[str, dict | None, str]], title: str, chance: float | None = None):
         entries = [(name, e, color) for name, e, color in entries if e and e.get("value") is not None]
-        for i, (name, e, color) in enumerate(entries):
+        for i, (_, e, color) in enumerate(entries):
             v, (lo, hi) = e["value"], e["ci95"]
             ax.bar(i, v, yerr=[[v - lo], [hi - v]], capsize=4, color=color)
             ax.text(i, v + 0.02, f"{v:.2f}", ha="center", fontsize="small")  # a score of 0 stays visible

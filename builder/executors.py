@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from generation.engine import Backend, ModelSpec, get_engine
 from generation.errors import PersonaError

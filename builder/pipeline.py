@@ -6,8 +6,6 @@ generates only the rest; the output folder is assembled in a staging folder and 
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +13,11 @@ import pyarrow as pa
 from datasets import Features
 
 from generation import census, pairs, personas, prompts, sampling
+from generation.errors import PersonaError
+from generation.log import log
+from generation.models import cache_dir
+from generation.names import PREFERENCES, SPLITS
+from generation.results import StageResult
 
 from . import folders
 from . import manifest as mf
@@ -23,11 +26,6 @@ from .recipe import ROLES, Recipe, load_recipe
 from .runner import RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
-from generation.errors import PersonaError
-from generation.log import log
-from generation.models import cache_dir
-from generation.names import PREFERENCES, SPLITS
-
 
 
 class BuildError(PersonaError, RuntimeError):
@@ -60,7 +58,8 @@ def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict
                                 "dictionary_sha256": mf.sha256_file(dictionary)}
 
 
-def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]:
+def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
+    """The personas stage, plus the census fidelity of the personas actually kept."""
     c = recipe.census
     source, dictionary, prov = _census_source(recipe, cache)
     log.info(f"census: reading {source}")
@@ -76,16 +75,15 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[pd.DataFrame, dict]
         return census.label_people(more, frame.dictionary)
 
     log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
-    table, stats = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
-                                           c.personas, recipe.seed, max_rounds=c.max_rounds)
+    result = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
+                                     c.personas, recipe.seed, max_rounds=c.max_rounds)
+    result.source = prov
     # fidelity of the personas actually published (after consistency replacements)
-    kept = set(zip(table.source_serialno, table.source_sporder.astype(int)))
+    kept = set(zip(result.table.source_serialno, result.table.source_sporder.astype(int)))
     codes = pd.concat(drawn, ignore_index=True)
     codes = codes[[(s, int(o)) in kept for s, o in zip(codes.SERIALNO, codes.SPORDER)]]
-    stats["fidelity"] = sampling.fidelity_report(frame, codes, min_age=c.min_age, states=c.states or None)
-    stats["state_shares"] = sampling.state_shares(codes)
-    stats["source"] = prov
-    return table, stats
+    fidelity = sampling.fidelity_report(frame, codes, min_age=c.min_age, states=c.states or None)
+    return result, {"report": fidelity, "state_shares": sampling.state_shares(codes)}
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -139,37 +137,41 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     revisions = resolve_revisions(recipe)
     run = StoreRunner(RunnerConfig.from_recipe(recipe), store, executor_for or executor_for_recipe(recipe), revisions)
 
-    people, pstats = make_personas(recipe, run, cache / "census")
+    persona_stage, census_fit = make_personas(recipe, run, cache / "census")
+    people = persona_stage.table
     if people.empty:
         raise BuildError(f"no persona passed enrichment and the consistency checks "
-                         f"(rejects: {_fmt(pstats.get('rejected', {}))}); see the model's answers in {store.path}")
+                         f"(rejects: {_fmt(persona_stage.counts['rejected'])}); see the model's answers in {store.path}")
     if len(people) < recipe.census.personas:
         log.info(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
-            f"{recipe.census.max_rounds} replacement rounds")
+                 f"{recipe.census.max_rounds} replacement rounds")
 
     log.info(f"prompts: {recipe.prompts.source}")
-    prompt_table, prompt_stats = prompts.select_prompts(
+    prompt_stage = prompts.select_prompts(
         recipe.prompts.source, run, recipe.seed, recipe.prompts.text_field, recipe.prompts.sha256,
         recipe.prompts.classify_limit, recipe.prompts.heldout_fraction)
+    pool = prompt_stage.table.pool
     p = recipe.pairs
-    assignment, assign_stats = prompts.assign(
-        people.persona_id.tolist(), prompt_table.prompt_id[prompt_table.pool == "train"].tolist(),
-        prompt_table.prompt_id[prompt_table.pool == "heldout"].tolist(), recipe.seed,
+    assignment = prompts.assign(
+        people.persona_id.tolist(), prompt_stage.table.prompt_id[pool == "train"].tolist(),
+        prompt_stage.table.prompt_id[pool == "heldout"].tolist(), recipe.seed,
         p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
-    log.info(f"pairs: {len(assignment):,} pairs for {len(people)} personas")
-    prefs, pair_stats = pairs.build_pairs(people, prompt_table, assignment, run, p.length_control,
-                                          recipe.output.max_attempts, structured=p.structured)
+    log.info(f"pairs: {len(assignment.table):,} pairs for {len(people)} personas")
+    pair_stage = pairs.build_pairs(people, prompt_stage.table, assignment.table, run, p.length_control,
+                                   recipe.output.max_attempts, structured=p.structured)
+    prefs = pair_stage.table
     if prefs.empty:
         raise BuildError(f"no preference pair survived generation (rejects: "
-                         f"{_fmt(pair_stats.get('rejects_by_reason', {}))}); "
+                         f"{_fmt(pair_stage.counts['rejects_by_reason'])}); "
                          f"see the model's answers in {store.path}")
     model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
                   for role in ROLES}
     prefs["rejected_model"] = model_name["responder"]
     prefs["chosen_model"] = model_name["reviser"]
-    prompt_out = prompt_table.rename(columns={"pool": "split"})
+    prompt_out = prompt_stage.table.rename(columns={"pool": "split"})
 
-    rejects = _rejects_table(pstats, prompt_stats, pair_stats)
+    stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
+    rejects = _rejects_table(stages)
     tables = {(PREFERENCES, s): prefs[prefs.split == s].reset_index(drop=True) for s in SPLITS}
     dpo = pairs.to_dpo(prefs)
     tables.update({("dpo", s): dpo[dpo.split == s].reset_index(drop=True) for s in SPLITS})
@@ -180,8 +182,6 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     staging = folders.new_staging(out_dir)
     log.info(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
-    if os.environ.get("PERSONA_FAULT") == "after_shards":  # test hook (tests/test_crash.py): a crash
-        os.kill(os.getpid(), signal.SIGKILL)  # with shards written, before manifest, card and swap
     folders.unmark(staging)
     fields = dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
@@ -189,13 +189,13 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
                        "dtype": recipe.model_for(role).dtype, "license": recipe.model_for(role).license,
                        "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling()}
                 for role in ROLES},
-        sources={"census": pstats.pop("source"), "prompts": prompt_stats["source"]},
-        counts=_counts(people, prompt_stats, assign_stats, prefs, pstats, run),
-        rejects=_reject_counts(pstats, prompt_stats, pair_stats, rejects),
-        fidelity=pstats["fidelity"]["rows"],
+        sources={"census": persona_stage.source, "prompts": prompt_stage.source},
+        counts=_counts(stages, assignment, run),
+        rejects=_reject_counts(persona_stage, rejects),
+        fidelity=census_fit["report"]["rows"],
         lengths=pairs.length_report(prefs, p.length_control),
-        census_fidelity={k: v for k, v in pstats.pop("fidelity").items() if k != "rows"},
-        state_shares=pstats["state_shares"],
+        census_fidelity={k: v for k, v in census_fit["report"].items() if k != "rows"},
+        state_shares=census_fit["state_shares"],
         description=recipe.description,
     )
     manifest = mf.finalize(staging, shards, **_jsonable(fields))
@@ -209,20 +209,14 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
     return manifest
 
 
-def _rejects_table(pstats, prompt_stats, pair_stats) -> pd.DataFrame:
-    rows = [{"stage": "personas", "id": r["persona_id"], "step": "consistency",
-             "reason": ",".join(r["reasons"]), "raw": json.dumps(r.get("detail"), default=str, sort_keys=True)}
-            for r in pstats.get("rejections", [])]
-    rows += [{"stage": "prompts", "id": r["prompt_id"], "step": r["step"], "reason": r["reason"], "raw": r["raw"]}
-             for r in prompt_stats["classify"].get("rejects", [])]
-    rows += [{"stage": "pairs", "id": r["pair_id"], "step": r["step"], "reason": r["reason"], "raw": r["raw"]}
-             for r in pair_stats.get("rejects", [])]
+def _rejects_table(stages: dict[str, StageResult]) -> pd.DataFrame:
     cols = ["stage", "id", "step", "reason", "raw"]
+    rows = [{"stage": name, **r} for name, stage in stages.items() for r in stage.rejects]
     return pd.DataFrame(rows, columns=cols).astype(str).sort_values(cols[:3], kind="stable").reset_index(drop=True)
 
 
-def _reject_counts(pstats, prompt_stats, pair_stats, rejects: pd.DataFrame) -> dict:
-    out = {"personas": dict(sorted(pstats.get("rejected", {}).items()))}
+def _reject_counts(persona_stage: StageResult, rejects: pd.DataFrame) -> dict:
+    out = {"personas": persona_stage.counts["rejected"]}  # a persona breaking several rules counts under each
     for stage in ("prompts", "pairs"):
         part = rejects[rejects.stage == stage]
         out[stage] = {f"{step}:{reason_category(reason)}": int(n) for (step, reason), n in
@@ -230,14 +224,14 @@ def _reject_counts(pstats, prompt_stats, pair_stats, rejects: pd.DataFrame) -> d
     return out
 
 
-def _counts(people, prompt_stats, assign_stats, prefs, pstats, run) -> dict:
+def _counts(stages: dict[str, StageResult], assignment: StageResult, run) -> dict:
+    persona_counts, prompts_counts, prefs = stages["personas"].counts, stages["prompts"].counts, stages["pairs"].table
     return {
-        "personas": int(len(people)),
-        "personas_drawn": pstats.get("drawn"),
-        "personas_rejected": pstats.get("rejected_personas"),
-        "prompts": {"filter": prompt_stats["filter"], "split": prompt_stats["split"],
-                    "classify": {k: v for k, v in prompt_stats["classify"].items() if k != "rejects"}},
-        "assignment": assign_stats,
+        "personas": int(len(stages["personas"].table)),
+        "personas_drawn": persona_counts["drawn"],
+        "personas_rejected": persona_counts["rejected_personas"],
+        "prompts": prompts_counts,
+        "assignment": assignment.counts,
         "pairs": {s: int((prefs.split == s).sum()) for s in SPLITS},
         "requests": run.summary(),
     }

@@ -21,8 +21,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ge
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from builder.manifest import (MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file,
-                              verify_folder)
+from builder.manifest import MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file, verify_folder
 from generation.errors import PersonaError
 from generation.log import log
 from generation.names import PREFERENCES as CONFIG

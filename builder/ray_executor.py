@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,14 +27,6 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from generation.engine import ChatRequest, Engine, ModelSpec, Result, prefix_key
 from generation.log import log
-
-# Fault-injection hooks, for tests only. After N generate() calls, the next call hits replica 0
-# right after sending it its slice, i.e. mid-batch:
-#   PERSONA_RAY_KILL_AFTER=N   ray.kill() it (a crashed replica / lost node);
-#   PERSONA_RAY_STALL_AFTER=N  SIGSTOP its process (a hang that answers nothing, not even a graceful
-#                              kill); needs the replica on this machine.
-KILL_AFTER_ENV = "PERSONA_RAY_KILL_AFTER"
-STALL_AFTER_ENV = "PERSONA_RAY_STALL_AFTER"
 
 
 def say(msg: str) -> None:
@@ -107,8 +98,6 @@ class RayPool:
         self.spec, self.timeout_s, self.startup_timeout_s = spec, timeout_s, startup_timeout_s
         self.options = self._actor_options(spec)
         self.spares = 2 * replicas
-        self.faults = {name: int(os.environ.get(name) or 0) for name in (KILL_AFTER_ENV, STALL_AFTER_ENV)}
-        self.calls = 0
         self.started = 0
         self.live: list[_Slot] = []
         self.starting: dict = {}  # ready() ObjectRef -> _Slot whose engine is loading
@@ -179,20 +168,15 @@ class RayPool:
         say(f"{slot.name} {why}: redoing its {len(idx)} request(s) on {len(self.live)} remaining replica(s)"
             + ("; starting a replacement" if replaced else "; no replacement left"))
 
-    def _inject(self, name: str, slot: _Slot) -> None:
-        say(f"fault injection ({name}={self.faults[name]}): "
-            f"{'killing' if name == KILL_AFTER_ENV else 'freezing (SIGSTOP)'} {slot.name} mid-batch")
-        if name == KILL_AFTER_ENV:
-            ray.kill(slot.actor)
-        else:
-            os.kill(slot.pid, signal.SIGSTOP)
+    @staticmethod
+    def _send(slot: _Slot, requests: list[ChatRequest]):
+        """Hand a slice to a replica; returns the reference its results arrive on."""
+        return slot.actor.generate.remote(requests)
 
     def generate(self, requests: list[ChatRequest]) -> list[Result]:
         """Results in the order of `requests`, whichever replica produced them."""
         if not requests:
             return []
-        self.calls += 1
-        inject = [name for name, n in self.faults.items() if n > 0 and self.calls == n + 1]
         order = sorted(range(len(requests)), key=lambda i: prefix_key(requests[i]))
         todo = deque(_split(order, len(self.live)))
         results: list[Result | None] = [None] * len(requests)
@@ -201,9 +185,7 @@ class RayPool:
         while todo or running:
             while todo and idle:
                 slot, idx = idle.pop(0), todo.popleft()
-                running[slot.actor.generate.remote([requests[i] for i in idx])] = (slot, idx, time.monotonic())
-            while inject and self.live:
-                self._inject(inject.pop(), self.live[0])
+                running[self._send(slot, [requests[i] for i in idx])] = (slot, idx, time.monotonic())
             if not running and not self.starting:
                 raise RuntimeError(f"no Ray replica of {self.spec.path} left to run {sum(map(len, todo))} request(s)")
             # wake up on the first finished slice / ready replacement, or at the first deadline

@@ -11,12 +11,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from generation.census import CensusError, resolve_states
 from generation.errors import PersonaError
-from generation.prompts import PromptsError, parse_hf_source
-from generation.names import ROLES, SMOLLM2
 from generation.ids import fingerprint
-
+from generation.names import ROLES, SMOLLM2
+from generation.prompt_sources import PromptsError, parse_hf_source
 
 
 class RecipeError(PersonaError, ValueError):
@@ -256,6 +256,14 @@ def _exists(key: str, what: str, value: str | None) -> None:
 
 
 def _validate(r: Recipe) -> None:
+    """Every value's range, at read time: a bad value must not surface after hours of generation."""
+    _validate_models(r)
+    _validate_census(r.census)
+    _validate_prompts(r.prompts)
+    _validate_output(r)
+
+
+def _validate_models(r: Recipe) -> None:
     _need(bool(_NAME.fullmatch(r.name)), "name", "letters, digits, '.', '_' or '-' (it names the work folder)", r.name)
     missing = [role for role in ROLES if role not in r.roles]
     if missing:
@@ -289,7 +297,8 @@ def _validate(r: Recipe) -> None:
         _need(1 <= rc.max_tokens < limit, f"{key}.max_tokens",
               f"in [1, {limit}) (models.{rc.model}.max_model_len = {limit})", rc.max_tokens)
 
-    c = r.census
+
+def _validate_census(c: CensusConfig) -> None:
     _need(bool(c.source.strip()), "census.source", "a folder, a csv_pus.zip or 'census.gov'", c.source)
     _need(c.dictionary is None or bool(c.dictionary.strip()), "census.dictionary", "a path or URL", c.dictionary)
     _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
@@ -307,7 +316,8 @@ def _validate(r: Recipe) -> None:
         raise RecipeError("census.sha256: pins a csv_pus.zip; a folder source has no single digest (remove it)")
     _exists("census.dictionary", "data dictionary", c.dictionary)
 
-    p = r.prompts
+
+def _validate_prompts(p: PromptsConfig) -> None:
     _need(bool(p.source.strip()), "prompts.source", "a file or hf://<repo>@<revision>:<config>/<field>", p.source)
     if p.source.startswith("hf://"):
         try:
@@ -322,6 +332,8 @@ def _validate(r: Recipe) -> None:
     _need(0 <= p.heldout_fraction < 1, "prompts.heldout_fraction", "in [0, 1)", p.heldout_fraction)
     _exists("prompts.source", "prompts file", p.source)
 
+
+def _validate_output(r: Recipe) -> None:
     pairs = r.pairs
     _need(pairs.train_per_persona >= 0, "pairs.train_per_persona", ">= 0", pairs.train_per_persona)
     _need(0 <= pairs.n_train <= pairs.train_per_persona, "pairs.n_train",

@@ -4,8 +4,9 @@ chunks, retries unusable outputs with a new derived seed, and records rejects wi
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 

@@ -6,12 +6,11 @@ fixed. Input is streamed: we hold at most one row group's worth of rows plus one
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -73,8 +72,6 @@ def write_config(out_dir, config: str, split: str, table_or_batches, features: F
             tmp_paths.append(folder / f"{split}-{len(tmp_paths):05d}.parquet.tmp")
             rows_per_shard.append(0)
             writer = pq.ParquetWriter(tmp_paths[-1], schema, **WRITER_OPTIONS)
-        if os.environ.get("PERSONA_FAULT") == "enospc_shard":  # test hook (tests/test_crash.py): what
-            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
         writer.write_table(table, row_group_size=table.num_rows)  # (pyarrow raises on a full disk, no path)
         shard_bytes += nbytes
         rows_per_shard[-1] += table.num_rows

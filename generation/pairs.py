@@ -20,12 +20,14 @@ import json
 import math
 import re
 import statistics
+from typing import NamedTuple
 
 import pandas as pd
 
 from .engine import Ask, Outcome
 from .errors import PersonaError
 from .names import SPLITS
+from .results import StageResult
 
 
 class PairsError(PersonaError, ValueError):
@@ -261,9 +263,18 @@ def _check_inputs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.
             raise PairsError(f"build_pairs: assignment names unknown {name} {unknown[0]!r} ({len(unknown)} unknown)")
 
 
+class _Draft(NamedTuple):
+    """A pair on its way to the reviser: its assignment row, the rejected answer, the critique, and the
+    note on what the previous revision got wrong (None before the first)."""
+    pair: dict
+    answer: Outcome
+    critique: str
+    feedback: str | None = None
+
+
 def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame, run,
                 length_control: float | None = None, max_attempts: int = 3,
-                structured: bool = False) -> tuple[pd.DataFrame, dict]:
+                structured: bool = False) -> StageResult:
     """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split].
 
     `length_control` (None or e.g. 0.15): the reviser is told a target length in words and its
@@ -271,9 +282,8 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     is a "length" failure. Revisions failing "identical" or "length" are asked again (with a new key and
     a note on what was wrong) up to `max_attempts` times in all; format failures are retried by the
     runner itself. Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
-    test_unseen], persona_id, prompt_id) and
-    stats; stats["rejects"] lists every excluded pair as {pair_id, step, reason, raw}, so
-    rows + rejects == assigned pairs.
+    test_unseen], persona_id, prompt_id), its counts, and every excluded pair as a reject
+    {id: pair_id, step, reason, raw}, so rows + rejects == assigned pairs.
     """
     if length_control is not None and not 0 < length_control < 1:
         raise PairsError(f"length_control must be None or in (0, 1), got {length_control}")
@@ -287,7 +297,7 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     rejects: list[dict] = []
 
     def reject(pair: dict, step: str, o: Outcome, reason: str | None = None) -> None:
-        rejects.append({"pair_id": pair["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
+        rejects.append({"id": pair["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
                         "raw": o.text})
 
     # 1. rejected: one bare-question answer per distinct prompt
@@ -311,13 +321,34 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     for (p, a), ask in zip(live, critique_asks):
         o = critiques[ask.key]
         if o.ok:
-            revisable.append((p, a, format_critique(o.value)))
+            revisable.append(_Draft(p, a, format_critique(o.value)))
         else:
             reject(p, "critique", o)
 
     # 3. chosen, with pair-specific checks and feedback retries
-    done: dict[str, tuple] = {}
-    pending = [(p, a, c, None) for p, a, c in revisable]  # (pair, answer outcome, critique, feedback)
+    done, retries = _revise(revisable, run, persona_text, question, reject, length_control, max_attempts, structured)
+
+    rows = [{**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")},
+             "persona": persona_text[p["persona_id"]], "instruction": question[p["prompt_id"]],
+             "rejected": a.value, "critique": c, "chosen": o.value,
+             "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
+            for (p, a, c, _), o in done.values()]
+    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(
+        ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
+    table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
+
+    stats = _pair_counts(assignment, table, rejects, len(answer_asks), len(critique_asks), len(revisable), retries,
+                         length_control, max_attempts)
+    return StageResult(table, stats, rejects)
+
+
+
+def _revise(drafts: list[_Draft], run, persona_text: dict, question: dict, reject, length_control, max_attempts: int,
+            structured: bool) -> tuple[dict[str, tuple[_Draft, Outcome]], int]:
+    """The reviser, asked again (with a note on what was wrong) while a revision fails "identical" or
+    "length", up to max_attempts in all. Returns {pair_id: (draft, accepted revision)} and the retries."""
+    pending = drafts
+    done: dict[str, tuple[_Draft, Outcome]] = {}  # pair_id -> (draft, the accepted revision)
     retries = 0
     for attempt in range(max_attempts):
         if not pending:
@@ -328,7 +359,8 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
                            length_control, a.output_tokens, attempt, fb, structured) for p, a, c, fb in pending]
         outs = run("reviser", asks, parse_revision)
         again = []
-        for (p, a, c, _), ask in zip(pending, asks):
+        for draft, ask in zip(pending, asks):
+            p, a = draft.pair, draft.answer
             o = outs[ask.key]
             if not o.ok:
                 reject(p, "chosen", o)
@@ -344,20 +376,16 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
                     if reason == "length":
                         _, low, high = word_bounds(a.value, length_control)
                         fb = fb.format(words=len(o.value.split()), low=low, high=high)
-                    again.append((p, a, c, fb))
+                    again.append(draft._replace(feedback=fb))
                 continue
-            done[p["pair_id"]] = (p, a, c, o)
+            done[p["pair_id"]] = (draft, o)
         pending = again
 
-    rows = [{**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")},
-             "persona": persona_text[p["persona_id"]], "instruction": question[p["prompt_id"]],
-             "rejected": a.value, "critique": c, "chosen": o.value,
-             "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
-            for p, a, c, o in done.values()]
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(
-        ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
-    table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
+    return done, retries
 
+
+def _pair_counts(assignment, table, rejects, answers: int, critiques: int, revisable: int, retries: int,
+                 length_control, max_attempts: int) -> dict:
     by_reason: dict[str, int] = {}
     by_step: dict[str, int] = {}
     for r in rejects:
@@ -369,16 +397,13 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
         "rejected_pairs": len(rejects),
         "rejects_by_step": by_step,
         "rejects_by_reason": by_reason,
-        "requests": {"responder": len(answer_asks), "critic": len(critique_asks),
-                     "reviser": len(revisable) + retries},
+        "requests": {"responder": answers, "critic": critiques, "reviser": revisable + retries},
         "revise_retries": retries,
         "length_control": length_control,
         "max_attempts": max_attempts,
         "per_split": {s: int((table.split == s).sum()) for s in SPLIT_ORDER},
-        "rejects": rejects,
     }
-    return table, stats
-
+    return stats
 
 def length_report(table: pd.DataFrame, length_control: float | None) -> dict:
     """How long chosen answers are vs rejected ones (the length confound a reader should know about).

@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from generation.census import (REGIONS, STATES, WIDE, CensusError, CensusFrame, person_id,
-                               resolve_states)
+from generation.census import REGIONS, STATES, WIDE, CensusError, CensusFrame, person_id, resolve_states
 from generation.ids import rng, stable_id
 
 PAPER_N = 1586

@@ -14,7 +14,7 @@ CHAT_TEMPLATE = (
 def make_tiny_llama(out: str | Path, seed: int = 0, vocab_size: int = 2048) -> Path:
     """Write a 2-layer Llama (hidden 64, head_dim 32: the CPU attention kernel's smallest) to `out`."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out)

@@ -163,16 +163,21 @@ def make_recipe(path: Path, model, census: Path, prompts: Path | None = None, ma
 
 # ------------------------------------------------------------------------------ `persona build` in a subprocess
 
-def build_args(recipe: Path, out: Path | None = None, work: Path | None = None, *flags) -> list:
-    return ["-m", "builder.cli", "build", "--recipe", recipe, *(["--out", out] if out else []),
+FAULTS = ("PERSONA_FAULT", "PERSONA_RAY_KILL_AFTER", "PERSONA_RAY_STALL_AFTER")  # see tests/faults.py
+
+
+def build_args(recipe: Path, out: Path | None = None, work: Path | None = None, *flags, faults=False) -> list:
+    return ["-m", "tests.faults" if faults else "builder.cli", "build", "--recipe", recipe, *(["--out", out] if out else []),
             *(["--work", work] if work else []), *flags]
 
 
 def build(recipe: Path, out: Path | None = None, work: Path | None = None, *flags, timeout: float = 900,
           check: bool = False, **extra_env) -> subprocess.CompletedProcess:
-    """`python -m builder.cli build` with the test environment (plus `extra_env`, e.g. PERSONA_FAULT);
+    """`python -m builder.cli build` with the test environment (plus `extra_env`; a fault named there runs
+    the CLI under tests/faults.py);
     check=True asserts it succeeded, showing the end of its output if not."""
-    p = subprocess.run([sys.executable, *map(str, build_args(recipe, out, work, *flags))], capture_output=True,
+    faults = any(k in extra_env for k in FAULTS)
+    p = subprocess.run([sys.executable, *map(str, build_args(recipe, out, work, *flags, faults=faults))], capture_output=True,
                        text=True, env=env(**extra_env), timeout=timeout, cwd=ROOT)
     if check:
         assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-6000:]}"
@@ -182,7 +187,8 @@ def build(recipe: Path, out: Path | None = None, work: Path | None = None, *flag
 def start_build(recipe: Path, out: Path, work: Path, *flags, stderr=subprocess.DEVNULL,
                 **extra_env) -> subprocess.Popen:
     """The same build, running in the background (to kill it, or to race another build)."""
-    return subprocess.Popen([sys.executable, *map(str, build_args(recipe, out, work, *flags))], cwd=ROOT,
+    faults = any(k in extra_env for k in FAULTS)
+    return subprocess.Popen([sys.executable, *map(str, build_args(recipe, out, work, *flags, faults=faults))], cwd=ROOT,
                             env=env(**extra_env), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 

@@ -64,7 +64,7 @@ MANIFEST = {
 def table(text: str, heading: str) -> list[list[str]]:
     """Cells of the first Markdown table after `heading` (header and rule rows dropped)."""
     after = text[text.index(heading):]
-    lines = [l for l in after.splitlines() if l.startswith("|")]
+    lines = [line for line in after.splitlines() if line.startswith("|")]
     start = after.splitlines().index(lines[0])
     rows = []
     for line in after.splitlines()[start:]:

@@ -14,8 +14,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from generation.census import (OUTPUT_COLUMNS, WIDE, CensusError, download, label_people,
-                               read_census, read_dictionary, resolve_states)
+from generation.census import (
+    OUTPUT_COLUMNS,
+    WIDE,
+    CensusError,
+    download,
+    label_people,
+    read_census,
+    read_dictionary,
+    resolve_states,
+)
 from generation.sampling import sample_people
 
 FIX = Path(__file__).parent / "fixtures" / "census"

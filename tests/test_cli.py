@@ -10,8 +10,10 @@ import pytest
 
 from builder.cli import main
 from tests.hub_server import HubServer
-from tests.test_publish import REPO, TOKEN, build as build_folder
+from tests.test_publish import REPO, TOKEN
+from tests.test_publish import build as build_folder
 
+from . import faults
 from .helpers import ROOT, one_line_error, recipe_text
 
 
@@ -149,7 +151,7 @@ def test_user_errors_below_the_cli_are_persona_errors(tmp_path, monkeypatch):
     with pytest.raises(PersonaError, match="--replicas must be >= 1, got 0"):
         with_executor(load_recipe(recipe), replicas=0)
 
-    monkeypatch.setenv("PERSONA_FAULT", "enospc_shard")  # the disk fills while a shard is written
+    faults.install(monkeypatch.setattr, "enospc_shard")  # the disk fills while a shard is written
     table = pa.table({"a": [1, 2]})
     with pytest.raises(PersonaError) as e:
         write_config(tmp_path / "out", "c", "train", table, Features.from_arrow_schema(table.schema))

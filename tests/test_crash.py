@@ -6,12 +6,8 @@ folder of three small states. Every crashed or failed build is rerun with the sa
 end with the SHA256SUMS of an uninterrupted build of the same recipe, the same stored answers
 (none missing, none twice) and Parquet row counts that match the manifest.
 
-Faults that cannot be produced for real here use test hooks, set by the environment variable
-PERSONA_FAULT (tests run as root, where a read-only chmod does not stop writes):
-- `after_shards` (builder/pipeline.py): SIGKILL right after the shards are written, before the
-  manifest, card and swap (too short a moment to hit from outside);
-- `enospc_store` (builder/store.py): a chunk write fails as SQLite fails on a full disk;
-- `enospc_shard` (builder/shards.py): a shard write fails as pyarrow fails on a full disk.
+Faults that cannot be produced for real here (a kill right after the shards are written, a full disk
+under the store or a shard) are injected by tests/faults.py from outside the production code.
 
 Cheap variants start from a copy of the reference build's request store (answers are keyed by
 request id, not by recipe), so only what a case changes is generated again.

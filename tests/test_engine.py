@@ -1,5 +1,6 @@
 """The real vLLM CPU engine: a tiny random-weight Llama in this process, SmolLM2 in a subprocess."""
 import json
+
 import pytest
 
 from generation.engine import ChatRequest, Engine, ModelSpec

@@ -6,9 +6,20 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, List, Value, load_dataset
 
-from builder.manifest import (FORMAT, ManifestError, build_manifest, check_files, finalize, load_manifest,
-                              local_listing, package_versions, sha256_file, verify_folder, write_manifest,
-                              write_sha256sums)
+from builder.manifest import (
+    FORMAT,
+    ManifestError,
+    build_manifest,
+    check_files,
+    finalize,
+    load_manifest,
+    local_listing,
+    package_versions,
+    sha256_file,
+    verify_folder,
+    write_manifest,
+    write_sha256sums,
+)
 from builder.shards import write_config
 from dataset_card.card import render_card
 

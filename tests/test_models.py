@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder

@@ -5,8 +5,16 @@ import pytest
 
 from generation.ids import stable_id
 from generation.pairs import (
-    COLUMNS, CRITIC_INSTRUCTION, REVISER_INSTRUCTION, PairsError, build_pairs, check_revision,
-    length_report, parse_critique, parse_revision, to_dpo,
+    COLUMNS,
+    CRITIC_INSTRUCTION,
+    REVISER_INSTRUCTION,
+    PairsError,
+    build_pairs,
+    check_revision,
+    length_report,
+    parse_critique,
+    parse_revision,
+    to_dpo,
 )
 from generation.prompts import assign
 
@@ -88,8 +96,8 @@ def _inputs():
     questions = ["Should taxes be raised on the rich?", "Is religion good for society?",
                  "Should kids have phones at school?", "Is it fine to eat meat every day?"]
     prompts = pd.DataFrame({"prompt_id": [f"q{i}" for i in range(4)], "text": questions, "topic": "Other"})
-    assignment, _ = assign(personas.persona_id, ["q0", "q1", "q2"], ["q3"], seed=0,
-                           train_per_persona=3, n_train=2, n_unseen=1)
+    assignment = assign(personas.persona_id, ["q0", "q1", "q2"], ["q3"], seed=0,
+                        train_per_persona=3, n_train=2, n_unseen=1).table
     return personas, prompts, assignment
 
 
@@ -122,17 +130,18 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
         return f"REVISED PREFERENCE: Tailored for {persona}: {rejected} extra words here"
 
     run = ScriptedRun(answer)  # answer(role, ask, attempt): the runner retries a critique that does not parse
-    table, stats = build_pairs(personas, prompts, assignment, run)
+    result = build_pairs(personas, prompts, assignment, run)
+    table, stats = result.table, result.counts
     calls = run.calls
 
     # nothing silently dropped
-    rejected_ids = [r["pair_id"] for r in stats["rejects"]]
+    rejected_ids = [r["id"] for r in result.rejects]
     assert len(table) + len(rejected_ids) == len(assignment) == 12
     assert set(table.pair_id) | set(rejected_ids) == set(assignment.pair_id)
     assert not set(table.pair_id) & set(rejected_ids)
     assert stats["rejects_by_reason"] == {"empty answer": 3, "missing SUGGESTIONS": 1, "identical": 1}
     assert stats["rejects_by_step"] == {"rejected": 3, "critique": 1, "chosen": 1}
-    by_pair = {r["pair_id"]: r for r in stats["rejects"]}
+    by_pair = {r["id"]: r for r in result.rejects}
     assert by_pair[pid["pa", "q1"]]["step"] == "chosen" and by_pair[pid["pa", "q1"]]["raw"].startswith("REVISED PREFERENCE: w0")
     assert by_pair[pid["pb", "q1"]]["raw"] == "EVALUATION: Not for them."
     assert {who[p][1] for p, r in by_pair.items() if r["step"] == "rejected"} == {"q2"}
@@ -196,10 +205,11 @@ def test_length_control():
         return "REVISED PREFERENCE: " + " ".join(["ok"] * 18)
 
     run = ScriptedRun(answer)
-    table, stats = build_pairs(personas, prompts, assignment, run, length_control=0.2)
+    result = build_pairs(personas, prompts, assignment, run, length_control=0.2)
+    table, stats = result.table, result.counts
     calls = run.calls
     assert stats["rejects_by_reason"] == {"length": 1} and stats["length_control"] == 0.2
-    assert len(table) + len(stats["rejects"]) == 12 and len(table) == 11
+    assert len(table) + len(result.rejects) == 12 and len(table) == 11
     first = calls[2][1]
     assert all(a.max_tokens == math.ceil(20 * 1.2) + 16 for a in first)
     assert all(a.messages[-1]["content"].endswith("LENGTH: about 20 words (between 16 and 24).") for a in first)
@@ -212,13 +222,15 @@ def test_length_control():
     assert length_report(table, 0.2)["median_chosen_over_rejected"] == 1.0
     # without length control no max_tokens override and no length rule
     run2 = ScriptedRun(answer)
-    table2, stats2 = build_pairs(personas, prompts, assignment, run2)
+    result = build_pairs(personas, prompts, assignment, run2)
+    table2 = result.table
     assert len(table2) == 12 and all(a.max_tokens is None for a in run2.calls[2][1])
 
 
 def test_build_pairs_with_nothing_assigned():
     personas, prompts, assignment = _inputs()
-    table, stats = build_pairs(personas, prompts, assignment.iloc[:0], ScriptedRun(""))
+    result = build_pairs(personas, prompts, assignment.iloc[:0], ScriptedRun(""))
+    table, stats = result.table, result.counts
     assert list(table.columns) == COLUMNS and len(table) == 0
     assert stats["pairs"] == stats["assigned"] == 0
     assert length_report(table, None) == {"pairs": 0, "length_control": None}

@@ -303,7 +303,8 @@ def _setup():
 
 def test_build_personas_replaces_rejects_and_counts_reasons():
     people, draw_more, run, draws = _setup()
-    out, stats = P.build_personas(people, draw_more, run, n=6, seed=SEED)
+    result = P.build_personas(people, draw_more, run, n=6, seed=SEED)
+    out, stats = result.table, result.counts
 
     assert len(out) == 6 and list(out.columns) == P.OUTPUT_COLUMNS
     for a in P.ATTRIBUTES:
@@ -329,17 +330,18 @@ def test_build_personas_replaces_rejects_and_counts_reasons():
 
 
 def test_build_personas_is_deterministic():
-    a, sa = P.build_personas(*_setup()[:3], n=6, seed=SEED)
-    b, sb = P.build_personas(*_setup()[:3], n=6, seed=SEED)
-    pd.testing.assert_frame_equal(a, b)
-    assert sa == sb
-    c, _ = P.build_personas(*_setup()[:3], n=6, seed=SEED + 1)
-    assert set(c.persona_id).isdisjoint(a.persona_id)
+    a = P.build_personas(*_setup()[:3], n=6, seed=SEED)
+    b = P.build_personas(*_setup()[:3], n=6, seed=SEED)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    assert (a.counts, a.rejects) == (b.counts, b.rejects)
+    c = P.build_personas(*_setup()[:3], n=6, seed=SEED + 1).table
+    assert set(c.persona_id).isdisjoint(a.table.persona_id)
 
 
 def test_build_personas_minor_and_group_quarters():
     people = pd.DataFrame([child("2024HU0000010", age=15), child("2024GQ0000011", sporder=1, age=17)])
-    out, stats = P.build_personas(people, lambda k, r, e: people.iloc[:0], scripted(), n=2, seed=SEED)
+    result = P.build_personas(people, lambda k, r, e: people.iloc[:0], scripted(), n=2, seed=SEED)
+    out, stats = result.table, result.counts
     assert len(out) == 2 and stats["rejected"] == {}
     assert (out.political_views == P.NOT_APPLICABLE_MINOR).all()
     gq = out[out.source_serialno == "2024GQ0000011"].iloc[0]
@@ -355,10 +357,11 @@ def test_build_personas_shortfall_when_draws_run_out():
         return people.iloc[:0]
 
     run = scripted(judge_says_no={_pid("2024HU000001")})
-    out, stats = P.build_personas(people, draw_more, run, n=3, seed=SEED, max_rounds=2)
+    result = P.build_personas(people, draw_more, run, n=3, seed=SEED, max_rounds=2)
+    out, stats = result.table, result.counts
     assert len(out) == 2 and stats["shortfall"] == 1 and draws == [1]
-    assert stats["rejections"][0]["reasons"] == ["judge_inconsistent"]
-    assert stats["rejections"][0]["detail"] == "checked"
+    assert result.rejects[0]["step"] == "consistency" and result.rejects[0]["reason"] == "judge_inconsistent"
+    assert result.rejects[0]["raw"] == '"checked"'  # the judge's detail, as JSON
 
 
 def test_build_personas_stops_after_max_rounds():
@@ -369,8 +372,8 @@ def test_build_personas_stops_after_max_rounds():
         return pool[[s not in {e[0] for e in exclude} for s in pool.source_serialno]].iloc[:k]
 
     everyone = {P.persona_id(s, 1, SEED) for s in list(pool.source_serialno) + ["2024HU0000001"]}
-    out, stats = P.build_personas(people, draw_more, scripted(judge_says_no=everyone), n=1, seed=SEED,
-                                  max_rounds=3)
+    result = P.build_personas(people, draw_more, scripted(judge_says_no=everyone), n=1, seed=SEED, max_rounds=3)
+    out, stats = result.table, result.counts
     assert len(out) == 0 and stats["drawn"] == 4 and stats["rounds"] == 3
     assert stats["rejected"] == {"judge_inconsistent": 4}
 

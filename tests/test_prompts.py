@@ -12,10 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from generation.ids import stable_id
+from generation.prompt_sources import HubSource, PromptsError, parse_hf_source, read_file, read_hub, read_prompts
 from generation.prompts import (
-    CLASSIFY_SCHEMA, PAPER_HELDOUT_FRACTION, TOPICS, HubSource, PromptsError, assign, classify,
-    MAX_PROMPT_CHARS, filter_prompts, normalise, pair_ids, parse_classification, parse_hf_source, prompt_id, read_file,
-    read_hub, read_prompts, select_prompts, split_prompts,
+    CLASSIFY_SCHEMA,
+    MAX_PROMPT_CHARS,
+    PAPER_HELDOUT_FRACTION,
+    TOPICS,
+    assign,
+    classify,
+    filter_prompts,
+    normalise,
+    pair_ids,
+    parse_classification,
+    prompt_id,
+    select_prompts,
+    split_prompts,
 )
 
 from .helpers import ScriptedRun
@@ -290,7 +301,8 @@ def _ids(prefix, n):
 def test_assignment_at_paper_scale():
     personas, train, heldout = _ids("persona", 1586), _ids("train", 3000), _ids("heldout", 868)
     t0, c0 = time.perf_counter(), time.process_time()
-    table, stats = assign(personas, train, heldout, seed=0)
+    result = assign(personas, train, heldout, seed=0)
+    table, stats = result.table, result.counts
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"\nassign 1,586 x 200 = {len(table):,} pairs in {wall:.2f} s ({cpu:.2f} s CPU)")
     assert cpu < 3  # ~0.65 s CPU measured; CPU time, because the 2 cores are shared with other jobs
@@ -307,16 +319,16 @@ def test_assignment_at_paper_scale():
     assert unseen <= set(heldout) and seen <= set(train) and not unseen & seen
     sample = table.sample(50, random_state=0)
     assert list(sample.pair_id) == [stable_id(a, b) for a, b in zip(sample.persona_id, sample.prompt_id)]
-    again, _ = assign(personas, train, heldout, seed=0)
+    again = assign(personas, train, heldout, seed=0).table
     pd.testing.assert_frame_equal(table, again)
-    other, _ = assign(personas, train, heldout, seed=1)
+    other = assign(personas, train, heldout, seed=1).table
     assert (other.prompt_id != table.prompt_id).mean() > 0.9
 
 
 def test_assignment_per_persona_is_independent_of_the_others():
     personas, train, heldout = _ids("persona", 20), _ids("train", 60), _ids("heldout", 20)
-    full, _ = assign(personas, train, heldout, seed=5, train_per_persona=12, n_train=8, n_unseen=4)
-    alone, _ = assign(personas[7:8], train, heldout, seed=5, train_per_persona=12, n_train=8, n_unseen=4)
+    full = assign(personas, train, heldout, seed=5, train_per_persona=12, n_train=8, n_unseen=4).table
+    alone = assign(personas[7:8], train, heldout, seed=5, train_per_persona=12, n_train=8, n_unseen=4).table
     mine = full[full.persona_id == personas[7]].reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, alone)
     # prompts are drawn independently per persona: personas do not all get the same prompts
@@ -327,7 +339,8 @@ def test_assignment_fails_or_caps_when_pools_are_small():
     personas, train, heldout = _ids("persona", 5), _ids("train", 30), _ids("heldout", 4)
     with pytest.raises(PromptsError, match="needs 150 train-pool and 50 held-out prompts, but the pools have 30 and 4"):
         assign(personas, train, heldout, seed=0)
-    table, stats = assign(personas, train, heldout, seed=0, cap=True)
+    result = assign(personas, train, heldout, seed=0, cap=True)
+    table, stats = result.table, result.counts
     assert stats["capped"] and stats["effective"] == {"train_per_persona": 30, "n_train": 20, "n_unseen": 4}
     assert stats["per_split"] == {"train": 100, "test_seen": 50, "test_unseen": 20}
     assert (table.groupby("persona_id").prompt_id.nunique() == 34).all()
@@ -350,9 +363,10 @@ def test_select_prompts_end_to_end_on_a_fixture():
         controversial = "boil an egg" not in ask.messages[-1]["content"]
         return json.dumps({"topic": "Other", "controversial": controversial})
 
-    table, stats = select_prompts(str(FIXTURES / "prompts.jsonl"), ScriptedRun(answer), seed=0,
-                                  text_field="opening_prompt", heldout_fraction=0.34)
-    assert stats["source"]["rows"] == 9 and stats["filter"]["after_dedup"] == 4
+    result = select_prompts(str(FIXTURES / "prompts.jsonl"), ScriptedRun(answer), seed=0,
+                            text_field="opening_prompt", heldout_fraction=0.34)
+    table, stats = result.table, result.counts
+    assert result.source["rows"] == 9 and result.rejects == [] and stats["filter"]["after_dedup"] == 4
     assert stats["classify"]["controversial"] == 3 and stats["classify"]["not_controversial"] == 1
     assert list(table.columns) == ["prompt_id", "text", "topic", "pool"]
     assert list(table.text) == [FIXTURE_PROMPTS[i] for i in (0, 2, 4)]
@@ -364,6 +378,7 @@ def test_hub_branch_is_recorded_as_the_commit_read(tmp_path):
     """`hf://repo@main:...` on the test Hub (tests/hub_server.py): the provenance names the commit that
     main pointed to, and the prompts are read at that commit."""
     from tests.hub_server import Blob, HubServer, Repo
+
     from .helpers import env
 
     hub = HubServer().start()
@@ -372,7 +387,7 @@ def test_hub_branch_is_recorded_as_the_commit_read(tmp_path):
         files = {p.name: Blob(p.read_bytes(), lfs=False) for p in (FIXTURES / "hub" / "prism-alignment").iterdir()}
         commit = hub.state.new_commit(repo, None, "prompts", files)
         repo.branches["main"] = commit.oid
-        code = ("import json, sys; from generation.prompts import read_prompts\n"
+        code = ("import json, sys; from generation.prompt_sources import read_prompts\n"
                 "try:\n    print(json.dumps(read_prompts(sys.argv[1])[1]))\n"
                 "except Exception as e:\n    print(type(e).__name__, e)")
         hub_env = env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_HUB_DISABLE_XET="1",

@@ -10,9 +10,20 @@ import pandas as pd
 import pytest
 
 from generation.census import STATES, WIDE, CensusError, label_people, read_census
-from generation.sampling import (AGE_BANDS, FIDELITY, IMPUTE_AGE_EDGES, IMPUTED, PAPER_N, PAPER_SEED,
-                                 draw_more, fidelity_report, impute, sample_people, state_shares,
-                                 systematic_pps)
+from generation.sampling import (
+    AGE_BANDS,
+    FIDELITY,
+    IMPUTE_AGE_EDGES,
+    IMPUTED,
+    PAPER_N,
+    PAPER_SEED,
+    draw_more,
+    fidelity_report,
+    impute,
+    sample_people,
+    state_shares,
+    systematic_pps,
+)
 
 FIX = Path(__file__).parent / "fixtures" / "census"
 TINY_DICT = FIX / "PUMS_Data_Dictionary_tiny.csv"

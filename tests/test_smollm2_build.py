@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from generation.personas import ATTRIBUTES
+
 from .helpers import ROOT, build, edited, kill_when, load_toml, run_py, start_build, stored, write_recipe
 
 pytestmark = pytest.mark.slow

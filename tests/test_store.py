@@ -11,6 +11,7 @@ import time
 import pytest
 
 from builder.store import RequestStore, Stored
+
 from .helpers import ROOT, build, env, one_line_error, recipe_text, run_py
 
 

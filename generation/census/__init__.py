@@ -20,8 +20,15 @@ from .columns import CORE, EXTRA_HOUSING, EXTRA_PERSON, NOT_NULL, NUMERIC, TYPES
 from .dictionary import Dictionary, Variable, read_dictionary, unknown_code_label
 from .download import OFFICIAL_URLS, Fetched, download
 from .errors import CensusError
-from .labels import (ATTRIBUTE_SOURCES, CODE_COLUMNS, GROUP_QUARTERS, LABEL_PREFIX, NOT_WORKED, OUTPUT_COLUMNS,
-                     label_people)
+from .labels import (
+                     ATTRIBUTE_SOURCES,
+                     CODE_COLUMNS,
+                     GROUP_QUARTERS,
+                     LABEL_PREFIX,
+                     NOT_WORKED,
+                     OUTPUT_COLUMNS,
+                     label_people,
+)
 from .readers import PARQUET_NAME, CensusFrame, read_census
 from .states import DIVISIONS, REGIONS, STATES, resolve_states
 

@@ -10,7 +10,6 @@ from .columns import CORE, WIDE
 from .dictionary import Dictionary, as_dictionary
 from .errors import CensusError
 
-
 OUTPUT_COLUMNS = [
     "source_serialno", "source_sporder", "state", "age", "sex", "race", "education",
     "employment_status", "class_of_worker", "industry_category", "occupation_category", "income",

@@ -3,18 +3,28 @@ field the source lacks, under a per-person JSON schema whose enums already exclu
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from collections.abc import Mapping
 
 from generation.engine import Ask
 from generation.schema import parse_json, union_schema, validate
 
-from .attributes import (ATTRIBUTES, CENSUS_ATTRIBUTES, FAMILY_PRESENCE, HOUSEHOLD_TYPES, IDEOLOGIES,
-                         LLM_ATTRIBUTES, NOT_APPLICABLE_MINOR, POLITICAL_VIEWS, PROCEDURAL_ATTRIBUTES, RELIGIONS,
-                         US_STATES, US_TERRITORIES)
+from .attributes import (
+    ATTRIBUTES,
+    CENSUS_ATTRIBUTES,
+    FAMILY_PRESENCE,
+    HOUSEHOLD_TYPES,
+    IDEOLOGIES,
+    LLM_ATTRIBUTES,
+    NOT_APPLICABLE_MINOR,
+    POLITICAL_VIEWS,
+    PROCEDURAL_ATTRIBUTES,
+    RELIGIONS,
+    US_STATES,
+    US_TERRITORIES,
+)
 from .render import _fmt, _key
 from .row import _get, _housing, _sporder
 from .rules import check_rules
-
 
 FILLER_ROLE = "persona_filler"
 JOB_MAX, FREE_TIME_MAX, LIFESTYLE_MAX, GENERATED_MAX = 160, 120, 100, 60

@@ -1,13 +1,12 @@
 """The consistency judge (role "consistency_judge"): one ask per enriched person, on the rendered persona."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from generation.engine import Ask
 from generation.schema import parse_json
 
 from .render import render_persona
-
 
 JUDGE_ROLE = "consistency_judge"
 # The reason comes before the verdict so the model states the evidence before deciding.

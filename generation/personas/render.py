@@ -5,7 +5,7 @@ are kept as columns (and shown to the models) but are not persona lines, as in t
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .attributes import ATTRIBUTES
 from .row import _get

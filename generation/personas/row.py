@@ -3,7 +3,7 @@ missing values (None, NaN, blank) read as None. Package-internal helpers for the
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 

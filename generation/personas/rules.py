@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .attributes import _STATES_AB, GROUP_QUARTERS, NOT_APPLICABLE_MINOR, NOT_IN_FAMILY, US_TERRITORIES
 from .row import _age, _code, _get, _housing, _sporder, _text

@@ -14,12 +14,14 @@ people are kept.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from ..results import StageResult
 from .attributes import OUTPUT_COLUMNS, PROCEDURAL_ATTRIBUTES
 from .enrich import enrich_rows
 from .judge import judge_rows
@@ -55,17 +57,17 @@ def prepare_rows(people: pd.DataFrame, seed: int, replacement_round: int, n_quir
 
 def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd.DataFrame], run, n: int,
                    seed: int, max_rounds: int = 5, n_quirks: int = 1, n_mannerisms: int = 1,
-                   n_core_values: int = 3) -> tuple[pd.DataFrame, dict]:
+                   n_core_values: int = 3) -> StageResult:
     """Turn sampled census people into n consistent personas, replacing rejects with fresh draws.
 
     Round 0 processes every row of `people`; round r = 1..max_rounds asks `draw_more(k, r, exclude)` for the
     k personas still missing (exclude = every (serialno, sporder) seen so far). Returns (personas in draw
-    order, at most n rows; stats). Stats: "drawn" people processed; "rejected" {reason: count}, a persona
+    order, at most n rows), its counts and rejects. Counts: "drawn" people processed; "rejected" {reason: count}, a persona
     breaking several rules counting under each; "rejected_personas"; "enrichment_rejects" (filler outcome
     not ok, or an answer outside the person's own schema: reason "enrichment_failed"); "judge_rejects"
     (judged inconsistent: "judge_inconsistent"); "judge_failures" (judge outcome not ok: "judge_failed");
-    "duplicates_skipped"; "rounds" (replacement rounds run); "accepted"; "shortfall"; and "rejections",
-    one {persona_id, round, reasons, detail} per rejected persona.
+    "duplicates_skipped"; "rounds" (replacement rounds run); "accepted"; "shortfall". Rejects: one per
+    rejected persona, step "consistency", its reasons comma-joined, the judge's or rule's detail as JSON.
     """
     rejected, rejections, accepted = Counter(), [], []
     seen: set[tuple[str, int]] = set()
@@ -73,8 +75,8 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
 
     def reject(row, reasons, detail=None):
         rejected.update(reasons)
-        rejections.append({"persona_id": row["persona_id"], "round": row["replacement_round"],
-                           "reasons": reasons, "detail": detail})
+        rejections.append({"id": row["persona_id"], "step": "consistency", "reason": ",".join(reasons),
+                           "raw": json.dumps(detail, default=str, sort_keys=True)})
 
     batch = people
     while True:
@@ -110,5 +112,5 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
     stats = {"drawn": drawn, "rejected": dict(sorted(rejected.items())), "rejected_personas": len(rejections),
              "enrichment_rejects": rejected["enrichment_failed"], "judge_rejects": rejected["judge_inconsistent"],
              "judge_failures": rejected["judge_failed"], "duplicates_skipped": duplicates, "rounds": rounds,
-             "accepted": len(out), "shortfall": max(0, n - len(out)), "rejections": rejections}
-    return out, stats
+             "accepted": len(out), "shortfall": max(0, n - len(out))}
+    return StageResult(out, stats, rejections)
