@@ -207,7 +207,7 @@ def main():
     ap.add_argument("--json", help="write the figures and per-role token counts here")
     args = ap.parse_args()
 
-    from builder.executors import model_spec, resolve_revisions
+    from builder.backends import model_spec, resolve_revisions
     from builder.recipe import load_recipe
     from builder.runner import RunnerConfig, request_for
     from generation import pairs

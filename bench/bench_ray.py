@@ -58,7 +58,7 @@ def run_variant(name: str, model: str, n: int, max_tokens: int, chunk: int, pass
     spec = ModelSpec(path=model, dtype="float32", max_model_len=2048, kv_cache_gib=0.5)
     t0 = time.perf_counter()
     if VARIANTS[name]:
-        from builder.ray_executor import RayPool
+        from builder.ray_backend import RayPool
         executor = RayPool(spec, VARIANTS[name])
     else:
         executor = Engine(spec)

@@ -30,7 +30,7 @@ from generation.personas import ATTRIBUTES
 
 from . import folders
 from . import manifest as mf
-from .executors import local_executor_for, resolve_revisions
+from .backends import local_backend, resolve_revisions
 from .recipe import ModelConfig, RoleConfig
 from .runner import RunnerConfig, StoreRunner
 from .store import RequestStore
@@ -187,7 +187,7 @@ def load_pairs(src: Source, splits: tuple[str, ...]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------- run
 
 def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Settings, work: Path,
-             sampling: dict, executor_for=local_executor_for) -> tuple[dict, pd.DataFrame]:
+             sampling: dict, backend_for=local_backend) -> tuple[dict, pd.DataFrame]:
     """Run the three evaluations; returns the report and one row per scored item."""
     s = settings
     if not s.splits:
@@ -203,7 +203,7 @@ def evaluate(src: Source, subject: ModelConfig, judge: ModelConfig, settings: Se
     pairs = load_pairs(src, s.splits)  # before the models: a data problem should not wait for a model download
     cfg = RunnerConfig(seed=s.seed, models=models, roles=roles, chunk_size=64)
     revisions = resolve_revisions(cfg, PIN.get)
-    run = StoreRunner(cfg, RequestStore(work / "requests.sqlite"), executor_for, revisions)
+    run = StoreRunner(cfg, RequestStore(work / "requests.sqlite"), backend_for, revisions)
 
     # subject first, judge second: one engine swap when they are different models
     picked = pd.concat([ev.sample_pairs(pairs, s.seed, split, s.pairs_per_split) for split in s.splits],

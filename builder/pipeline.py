@@ -21,7 +21,7 @@ from generation.results import StageResult
 
 from . import folders
 from . import manifest as mf
-from .executors import executor_for_recipe, resolve_revisions, with_executor
+from .backends import backend_for_recipe, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
 from .runner import RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
@@ -115,7 +115,7 @@ def _jsonable(obj):
 
 # ------------------------------------------------------------------------------------------- build
 
-def build(recipe_path: str, out: str | None = None, work: str | None = None, executor_for=None,
+def build(recipe_path: str, out: str | None = None, work: str | None = None, backend_for=None,
           executor: str | None = None, address: str | None = None, replicas: int | None = None) -> dict:
     recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
     out_dir = Path(out or recipe.output.dir).expanduser()
@@ -126,16 +126,16 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, exe
         with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):
             for stale in folders.remove_stale_staging(out_dir):
                 log.info(f"removed {stale}, left by an interrupted build")
-            return _build(recipe, out_dir, work_dir, executor_for)
+            return _build(recipe, out_dir, work_dir, backend_for)
 
 
-def _build(recipe: Recipe, out_dir: Path, work_dir: Path, executor_for) -> dict:
+def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     cache = cache_dir()
     log.info(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
     store = RequestStore(work_dir / "requests.sqlite")
     revisions = resolve_revisions(recipe)
-    run = StoreRunner(RunnerConfig.from_recipe(recipe), store, executor_for or executor_for_recipe(recipe), revisions)
+    run = StoreRunner(RunnerConfig.from_recipe(recipe), store, backend_for or backend_for_recipe(recipe), revisions)
 
     persona_stage, census_fit = make_personas(recipe, run, cache / "census")
     people = persona_stage.table

@@ -79,7 +79,7 @@ class Result:
 
 class Backend(Protocol):
     """Where chat requests run: this process's vLLM engine (`Engine`) or a pool of engine replicas
-    (builder.ray_executor.RayPool). One Result per request, in request order."""
+    (builder.ray_backend.RayPool). One Result per request, in request order."""
     def generate(self, requests: list[ChatRequest]) -> list[Result]: ...
 
 

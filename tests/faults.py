@@ -69,10 +69,10 @@ def _enospc_shard(patch) -> None:
 
 
 def _ray(patch, kill_after: int, stall_after: int) -> None:
-    from builder import ray_executor
+    from builder import ray_backend
     from generation.log import log
 
-    pool = ray_executor.RayPool
+    pool = ray_backend.RayPool
     faults = {"PERSONA_RAY_KILL_AFTER": kill_after, "PERSONA_RAY_STALL_AFTER": stall_after}
     calls = {"generate": 0}
     real_generate, real_send = pool.generate, pool._send
@@ -90,7 +90,7 @@ def _ray(patch, kill_after: int, stall_after: int) -> None:
             log.info(f"ray: fault injection ({name}={faults[name]}): "
                      f"{'killing' if kill else 'freezing (SIGSTOP)'} {victim.name} mid-batch")
             if kill:
-                ray_executor.ray.kill(victim.actor)
+                ray_backend.ray.kill(victim.actor)
             else:
                 os.kill(victim.pid, signal.SIGSTOP)
         return ref

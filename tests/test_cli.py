@@ -139,7 +139,7 @@ def test_user_errors_below_the_cli_are_persona_errors(tmp_path, monkeypatch):
     import pyarrow as pa
     from datasets import Features
 
-    from builder.executors import with_executor
+    from builder.backends import with_executor
     from builder.recipe import load_recipe
     from builder.shards import write_config
     from generation.errors import PersonaError

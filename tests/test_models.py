@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.backends import resolve_revisions
 from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder
-from builder.executors import resolve_revisions
 from builder.recipe import RoleConfig
 from builder.runner import RunnerConfig, request_for
 from generation import evaluation as ev
@@ -119,7 +119,7 @@ RESOLVE = """
 import json, sys
 from builder.evaluate import PIN, model_config
 from builder.runner import RunnerConfig
-from builder.executors import model_spec, resolve_revisions
+from builder.backends import model_spec, resolve_revisions
 cfg = RunnerConfig(seed=1, models={name: model_config(mid, rev) for name, mid, rev in json.loads(sys.argv[1])}, roles={})
 pin = PIN.get if sys.argv[2] == "eval" else None
 print(json.dumps([resolve_revisions(cfg, pin), {n: model_spec(m)[0].revision for n, m in cfg.models.items()}]))

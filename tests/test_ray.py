@@ -86,14 +86,14 @@ def _exactly_once(where: Path) -> tuple[int, int]:
 
 
 def test_split_keeps_order_in_near_equal_pieces():
-    from builder.ray_executor import _split
+    from builder.ray_backend import _split
     items = list(range(10))
     assert _split(items, 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert _split(items, 0) == [items] and _split([1, 2], 5) == [[1], [2]]
 
 
 def test_command_line_executor_overrides_keep_the_recipe(tmp_path):
-    from builder.executors import with_executor
+    from builder.backends import with_executor
     from builder.recipe import load_recipe
     f = write_recipe(tmp_path / "r.toml", edited(recipe_data(tmp_path), EXECUTOR))
     r = load_recipe(f)

@@ -5,7 +5,7 @@ usage: run_asks.py RECIPE STORE N OUT [schema|plain|never]
 import json
 import sys
 
-from builder.executors import local_executor_for, resolve_revisions
+from builder.backends import local_backend, resolve_revisions
 from builder.recipe import load_recipe
 from builder.runner import RunnerConfig, StoreRunner
 from builder.store import RequestStore
@@ -20,7 +20,7 @@ def main(recipe_path, store_path, n, out, mode="plain"):
     recipe = load_recipe(recipe_path)
     store = RequestStore(store_path)
     before = store.count()
-    runner = StoreRunner(RunnerConfig.from_recipe(recipe), store, local_executor_for, resolve_revisions(recipe))
+    runner = StoreRunner(RunnerConfig.from_recipe(recipe), store, local_backend, resolve_revisions(recipe))
     asks = [Ask(key=f"q{i}", messages=[{"role": "system", "content": f"You are persona number {i // 8}."},
                                        {"role": "user", "content": f"Say something about the number {i}."}],
                 schema=SCHEMA if mode == "schema" else None) for i in range(int(n))]

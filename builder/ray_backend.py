@@ -1,4 +1,4 @@
-"""Data-parallel vLLM replicas on a Ray cluster, behind the local executor's interface:
+"""Data-parallel vLLM replicas on a Ray cluster, behind the same Backend interface as the local engine:
 `RayPool(spec, replicas).generate(requests) -> results` in request order.
 
 Each replica is a Ray actor holding our own `generation.engine.Engine`, so seeds, the structured-output

@@ -41,7 +41,7 @@ def unpinned_warnings(models: dict[str, ModelConfig], pin: Callable[[str], str] 
             for name, m in models.items() if m.revision is None and m.path is None and m.prepare is None]
 
 
-def local_executor_for(m: ModelConfig):
+def local_backend(m: ModelConfig):
     return get_engine(model_spec(m)[0])
 
 
@@ -56,7 +56,7 @@ def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
     """One RayPool per model for the whole process, like get_engine: a different model releases the
     previous pool's replicas (and their GPUs) first."""
     try:
-        from .ray_executor import RayPool  # ray is an optional extra: imported only when asked for
+        from .ray_backend import RayPool  # ray is an optional extra: imported only when asked for
     except ImportError as e:
         raise ExecutorError(f"executor 'ray' needs the ray extra: pip install -e '.[ray]' ({e})") from e
 
@@ -68,11 +68,11 @@ def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
     return _POOLS[spec]
 
 
-def executor_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], Backend]:
+def backend_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], Backend]:
     """The recipe's [executor]: `model config -> object with generate(requests)`."""
     if recipe.executor.kind == "ray":
         return lambda m: ray_pool_for(m, recipe.executor)
-    return local_executor_for
+    return local_backend
 
 
 def with_executor(recipe: Recipe, kind: str | None = None, address: str | None = None,
