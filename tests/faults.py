@@ -83,7 +83,7 @@ def _ray(patch, kill_after: int, stall_after: int) -> None:
         return real_generate(self, requests)
 
     def send(self, slot, requests):
-        ref = real_send(self, slot, requests)
+        ref = real_send(slot, requests)  # a staticmethod: no self
         while calls.get("due") and self.live:
             name, victim = calls["due"].pop(), self.live[0]
             kill = name == "PERSONA_RAY_KILL_AFTER"

@@ -59,7 +59,7 @@ def test_smollm2_eval_as_model_and_judge(smollm2_build, tmp_path):
             "--both-orders", "--max-tokens", "96", "--out", tmp_path / "eval", "--work", tmp_path / "work"]
     p = run_py(args, timeout=1500)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
-    report = json.loads(next((tmp_path / "eval").glob("HuggingFaceTB--SmolLM2-135M-Instruct/local-*/report.json")).read_text())
+    report = json.loads(next((tmp_path / "eval").glob("HuggingFaceTB--SmolLM2-135M-Instruct@*/local-*/report.json")).read_text())
     assert report["models"]["subject"]["revision"].startswith("sha256:")
     assert report["models"]["judge"]["id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     pos = report["pairwise"]["persona"]["position"]
