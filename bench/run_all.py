@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from builder.plan import SCALING, THROUGHPUT, params_billion
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = ROOT / "BENCHMARKS.md"
@@ -36,14 +38,9 @@ TIMEOUT = 30 * 60  # per benchmark: a hung run must not hang `make bench`
 PAPER_PERSONAS, PAPER_PAIRS = 1586, 317_200
 PAPER_PROMPTS = 3868          # prompts used for pairs (3,000 train + 868 held out): one responder call each
 PAPER_CLASSIFIED = 4652       # PRISM opening prompts the paper classified (one classifier call each)
-# Red Hat's MLPerf Inference v5.1 submission: Llama-3.1-8B-Instruct FP8, vLLM 0.10.0, one H100, Offline
-# scenario: 5,777 output tokens/s (redhat.com blog "Efficient and reproducible LLM inference: Red Hat
-# MLPerf Inference v5.1 results"; not re-measured here).
-H100_8B_TOKENS_S = 5777
-# configs/paper.toml uses Qwen2.5-72B-Instruct-AWQ (4-bit). Assumed slowdown vs the 8B FP8 figure, NOT
-# measured: in offline (large-batch) decoding throughput is compute-bound, ~9x the FLOPs per token
-# (72.7B vs 8.0B parameters) and AWQ kernels compute in FP16, about half the FP8 tensor rate of an H100.
-ASSUMED_72B_SLOWDOWN = 18
+# The one GPU-hours formula and its published throughput live in builder/plan.py (`persona plan`).
+REF = THROUGHPUT["H100"]
+PAPER_RATE = REF["tokens_per_s"] * min(1.0, REF["params_b"] / params_billion("Qwen/Qwen2.5-72B-Instruct-AWQ"))
 
 
 def git(*args: str) -> str:
@@ -136,17 +133,14 @@ def projection(pairs_json: Path) -> list[str]:
         total, bound, fresh = total + count * per, bound + count * cap, fresh + count * uncached
         out.append(f"| {role} | {count:,.0f} | {prompt:.0f} ({uncached:.0f}) | {per:.0f} | {count * per / 1e6:.1f} M | "
                    f"{count * cap / 1e6:.1f} M |")
-    hours, hours_bound = total / H100_8B_TOKENS_S / 3600, bound / H100_8B_TOKENS_S / 3600
+    hours, hours_bound = total / PAPER_RATE / 3600, bound / PAPER_RATE / 3600
     out += ["",
             f"- Token counts: responder, critic, reviser from {source} (retries included); persona filler, judge and "
             f"classifier from {persona_src or 'nothing: persona/manifest.json is absent (run `make dataset`), so those roles are left out'}.",
-            f"- **8B-class model on one H100** at {H100_8B_TOKENS_S:,} output tokens/s (Llama-3.1-8B FP8 Offline, "
-            f"MLPerf Inference v5.1, Red Hat's vLLM submission): **{hours:.1f} GPU-hours** with the measured token "
-            f"counts; **{hours_bound:.1f} GPU-hours** if every request ran to paper.toml's max_tokens (upper bound).",
-            f"- **configs/paper.toml (Qwen2.5-72B-Instruct-AWQ)**: assumed {ASSUMED_72B_SLOWDOWN}x slower than the 8B "
-            f"FP8 figure (not measured: ~9x the FLOPs per token, and 4-bit AWQ kernels compute in FP16, about half an "
-            f"H100's FP8 rate) -> ~{hours * ASSUMED_72B_SLOWDOWN:.0f} GPU-hours measured-token basis, "
-            f"~{hours_bound * ASSUMED_72B_SLOWDOWN:.0f} upper bound. Treat as an order of magnitude.",
+            f"- GPU-hours = TP x T_out / r / 3600 (builder/plan.py, the formula `persona plan` prints), r = "
+            f"{PAPER_RATE:,.0f} output tokens/s per H100 for configs/paper.toml's 72B model ({REF['source']}; "
+            f"{SCALING}): **{hours:.0f} GPU-hours** with the measured token counts, **{hours_bound:.0f}** if every "
+            "request ran to paper.toml's max_tokens (ceiling). Treat as an order of magnitude.",
             f"- Assumptions: output-token bound (prefill is not counted separately; MLPerf's offline figure includes "
             f"its own prefill, and here prompt tokens not served from the prefix cache are {fresh / max(total, 1):.1f}x "
             f"the output tokens); the 135M CPU model writes shorter answers than a 72B model will, so the measured basis "

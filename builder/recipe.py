@@ -33,7 +33,10 @@ class ModelConfig:
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
     kv_cache_gib: float | None = None
-    enforce_eager: bool = True
+    # engine settings; unset = the device's choice (CPU: eager, whole-prompt prefill; GPU: vLLM's defaults)
+    enforce_eager: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    max_num_batched_tokens: int | None = None
     license: str | None = None
     why: str | None = None           # one-line justification, shown in the card
 
@@ -286,6 +289,11 @@ def _validate_models(r: Recipe) -> None:
         _need(m.tensor_parallel_size >= 1, f"{key}.tensor_parallel_size", ">= 1", m.tensor_parallel_size)
         _need(m.kv_cache_gib is None or (_finite(m.kv_cache_gib) and m.kv_cache_gib > 0), f"{key}.kv_cache_gib",
               "> 0", m.kv_cache_gib)
+        # without chunked prefill (the CPU default) a whole prompt must fit the budget
+        floor = 1 if m.enable_chunked_prefill else m.max_model_len
+        _need(m.max_num_batched_tokens is None or m.max_num_batched_tokens >= floor, f"{key}.max_num_batched_tokens",
+              f">= {floor}" + ("" if m.enable_chunked_prefill else " (max_model_len, without chunked prefill)"),
+              m.max_num_batched_tokens)
     for role, rc in r.roles.items():
         key = f"roles.{role}"
         if rc.model not in r.models:

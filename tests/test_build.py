@@ -41,6 +41,8 @@ def test_load_dataset_by_name_from_the_parent_folder(built):
     assert set(loaded["preferences"]) == {"train", "test_seen", "test_unseen"}
     assert sum(loaded["preferences"].values()) == sum(manifest["counts"]["pairs"].values()) > 0
     assert loaded["personas"]["train"] == manifest["counts"]["personas"]
+    engine = manifest["models"]["responder"]["engine"]  # the effective vLLM settings of this (CPU) machine
+    assert engine["device"] == "cpu" and engine["enable_chunked_prefill"] is False and engine["enforce_eager"] is True
 
 
 def test_verify_cli_passes_then_names_the_altered_and_missing_file(built, tmp_path):

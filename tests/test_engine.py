@@ -73,3 +73,50 @@ def test_smollm2_answers_in_english(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     answer = p.stdout.split("ANSWER:", 1)[1]
     assert "Paris" in answer
+
+
+# ----------------------------------------------------------------- engine settings per device (no engine)
+
+def test_cpu_gets_the_workarounds_and_a_gpu_gets_vllms_defaults():
+    from generation.engine import engine_args
+
+    spec = ModelSpec(path="org/m", revision="abc", dtype="bfloat16", max_model_len=4096)
+    cpu, gpu = engine_args(spec, "cpu"), engine_args(spec, "cuda")
+    assert (cpu["enforce_eager"], cpu["enable_chunked_prefill"], cpu["max_num_batched_tokens"]) == (True, False, 8192)
+    assert cpu["kv_cache_memory_bytes"] == 1 << 30  # bounded: vLLM's CPU default takes ~13 GB
+    # on a GPU: CUDA graphs, chunked prefill and the token budget are left to vLLM, and so is the KV cache
+    for key in ("enforce_eager", "enable_chunked_prefill", "max_num_batched_tokens", "kv_cache_memory_bytes"):
+        assert key not in gpu, key
+    shared = {"revision": "abc", "dtype": "bfloat16", "max_model_len": 4096, "enable_prefix_caching": True, "seed": 0}
+    assert all(cpu[k] == gpu[k] == v for k, v in shared.items())
+    assert gpu["structured_outputs_config"] == {"backend": "guidance", "disable_any_whitespace": True}
+
+
+def test_a_recipe_value_wins_on_every_device():
+    from generation.engine import engine_args
+
+    spec = ModelSpec(path="org/m", max_model_len=4096, kv_cache_gib=8, enforce_eager=True,
+                     enable_chunked_prefill=True, max_num_batched_tokens=2048)
+    for on in ("cpu", "cuda"):
+        args = engine_args(spec, on)
+        assert (args["enforce_eager"], args["enable_chunked_prefill"], args["max_num_batched_tokens"]) == (True, True, 2048)
+        assert args["kv_cache_memory_bytes"] == 8 << 30
+
+
+def test_recipe_engine_settings_reach_the_spec_and_are_checked(tmp_path, tiny_model):
+    from builder.backends import engine_settings, model_spec
+    from builder.recipe import RecipeError, load_recipe
+
+    from .helpers import edited, recipe_data, write_recipe
+
+    data = recipe_data(tiny_model, max_model_len=4096)
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", edited(data, {"models.m.max_num_batched_tokens": 4096,
+                                                                         "models.m.enforce_eager": False})))
+    spec, _ = model_spec(recipe.models["m"])
+    assert (spec.enforce_eager, spec.enable_chunked_prefill, spec.max_num_batched_tokens) == (False, None, 4096)
+    settings = engine_settings(recipe.models["m"])  # what the manifest records, for this machine's device
+    assert settings["device"] == "cpu" and settings["enforce_eager"] is False and "model" not in settings
+    with pytest.raises(RecipeError, match=r"models.m.max_num_batched_tokens: must be >= 4096 \(max_model_len"):
+        load_recipe(write_recipe(tmp_path / "bad.toml", edited(data, {"models.m.max_num_batched_tokens": 1024})))
+    chunked = edited(data, {"models.m.max_num_batched_tokens": 1024, "models.m.enable_chunked_prefill": True})
+    assert load_recipe(write_recipe(tmp_path / "ok.toml", chunked)).models["m"].max_num_batched_tokens == 1024
