@@ -73,7 +73,7 @@ def test_unknown_build_flag_creates_nothing(tmp_path):
     (["build", "configs/cpu.toml", "-", "verify"], "unexpected argument '-' for `persona build`"),
     (["bild"], "unknown command bild (did you mean build?); see persona --help"),
     (["frobnicate"], "unknown command frobnicate; see persona --help"),
-    (["--recipe", "x", "build"], "expected a command (build, prepare-model, verify, publish, eval, versions) "
+    (["--recipe", "x", "build"], "expected a command (build, plan, prepare-model, verify, publish, eval, versions) "
                                  "before --recipe"),
     (["build", "--out", "a", "--out=b"], "--out given twice for `persona build`"),
     (["build", "--out", "a", "-o", "b"], "--out given twice for `persona build`"),
