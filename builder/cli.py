@@ -149,8 +149,10 @@ def _names(value) -> tuple[str, ...]:
 
 
 def _folder(path: str) -> str:
-    if Path(path).is_file():  # (a missing folder is reported by the manifest check: "missing: manifest.json")
+    if Path(path).is_file():
         raise UsageError(f"{path} is a file, not a built dataset folder")
+    if not Path(path).exists():
+        raise UsageError(f"{path}: no such folder (build one with `persona build`)")
     return path
 
 

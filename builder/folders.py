@@ -75,10 +75,16 @@ def output_lock(out: Path) -> Path:
 
 def check_output(out: Path) -> None:
     """Before any generation: restore OUT.old if a kill came mid-swap, and refuse an OUT (or an
-    OUT.old) that is not ours to replace."""
+    OUT.old) that is not ours to replace. Call it holding the output lock; `refuse_foreign` alone may
+    run before (it changes nothing), so a refused --out leaves no lock file behind either."""
     old = _old(out)
     if not out.exists() and not out.is_symlink() and is_build(old):
         os.replace(old, out)  # the previous build, put aside by a swap that was killed halfway
+    refuse_foreign(out)
+
+
+def refuse_foreign(out: Path) -> None:
+    old = _old(out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise FolderError(f"--out {out} exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not is_build(out):

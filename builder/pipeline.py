@@ -120,7 +120,9 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, bac
     recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
     out_dir = Path(out or recipe.output.dir).expanduser()
     work_dir = folders.work_folder(work or recipe.output.work_dir, recipe.name)
-    # the output first, and checked before the work folder is even created: a refused --out leaves no trace
+    # the output first, and checked before the lock file or the work folder is made: a refused --out
+    # leaves no trace (checked again under the lock, which also restores an interrupted swap)
+    folders.refuse_foreign(out_dir)
     with folders.exclusive(folders.output_lock(out_dir), f"output folder {out_dir}"):
         folders.check_output(out_dir)
         with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):

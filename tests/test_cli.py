@@ -72,6 +72,7 @@ def test_unknown_build_flag_creates_nothing(tmp_path):
                                      "PATH REPO REVISION; flags start with --)"),
     (["build", "configs/cpu.toml", "-", "verify"], "unexpected argument '-' for `persona build`"),
     (["bild"], "unknown command bild (did you mean build?); see persona --help"),
+    (["verify", "/no/such/build"], "/no/such/build: no such folder (build one with `persona build`)"),
     (["frobnicate"], "unknown command frobnicate; see persona --help"),
     (["--recipe", "x", "build"], "expected a command (build, plan, prepare-model, verify, publish, eval, versions) "
                                  "before --recipe"),

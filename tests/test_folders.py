@@ -46,6 +46,7 @@ def test_a_folder_of_user_files_is_refused_before_anything_runs(tmp_path, tiny_m
     assert str(target) in line and "not a persona build" in line, line
     assert (target / "thesis.tex").read_text() == "years of work"
     assert not (tmp_path / "work").exists()  # refused before the work folder (or any model) was touched
+    assert not list(tmp_path.glob(".*.lock"))  # and before a lock file was made beside it
 
 
 def test_check_output_accepts_builds_and_empty_folders(tmp_path):
