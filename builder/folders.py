@@ -18,6 +18,7 @@ from pathlib import Path
 
 from generation.errors import PersonaError
 
+from .durable import fsync_dir
 from .manifest import FORMAT, MANIFEST
 
 STAGING_MARK = ".persona-staging"  # inside OUT.partial-<pid> while its shards are written
@@ -129,7 +130,7 @@ def swap_in(staging: Path, out: Path) -> None:
     if had_out:
         os.replace(out, old)
     os.replace(staging, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if had_out:
         shutil.rmtree(old)
 
@@ -140,11 +141,3 @@ def _old(out: Path) -> Path:
 
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,6 +22,7 @@ from generation.ids import (
     sha256_file,  # noqa: F401  (re-exported: publish and tests use it from here)
 )
 
+from .durable import write_atomic
 from .manifest_schema import (  # noqa: F401
     CARD,
     ECHO,
@@ -78,7 +79,7 @@ def write_sha256sums(folder, known: dict[str, str] | None = None) -> Path:
         files[MANIFEST] = (folder / MANIFEST).stat().st_size
     known = known or {}
     lines = [f"{known.get(rel) or sha256_file(folder / rel)}  {rel}\n" for rel in sorted(files)]
-    _write_atomic(folder / SUMS, "".join(lines))
+    write_atomic(folder / SUMS, "".join(lines))
     return folder / SUMS
 
 
@@ -207,7 +208,7 @@ def dumps(manifest: dict) -> str:
 
 def write_manifest(folder, manifest: dict) -> Path:
     path = Path(folder) / MANIFEST
-    _write_atomic(path, dumps(manifest))
+    write_atomic(path, dumps(manifest))
     return path
 
 
@@ -229,7 +230,7 @@ def finalize(folder, shards: list[dict] | None = None, plot: bool = True, **fiel
         plot_path = PLOT
     else:
         (folder / PLOT).unlink(missing_ok=True)  # a previous build's plot would be listed but not shown
-    _write_atomic(folder / CARD, render_card(manifest, plot_path))
+    write_atomic(folder / CARD, render_card(manifest, plot_path))
     # only the card and plot changed since build_manifest listed the folder
     manifest["files"] = file_entries(folder, {f["path"]: f["sha256"] for f in manifest["files"]
                                               if f["path"] not in (CARD, PLOT)})
@@ -374,13 +375,3 @@ def verify_folder(path) -> list[str]:
     for rel in sorted(present - set(sums)):
         problems.append(f"{SUMS}: {rel} is not listed")
     return problems
-
-
-def _write_atomic(path: Path, text: str):
-    """Write via `*.tmp` + fsync + rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

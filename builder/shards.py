@@ -21,6 +21,8 @@ from datasets.table import table_cast
 
 from generation.errors import PersonaError
 
+from .durable import fsync_dir
+
 # Fixed writer options: changing any of them changes the bytes of every build.
 ZSTD_LEVEL = 1  # Arrow's default zstd level, chosen for speed; pinned so a new default can't change bytes
 WRITER_OPTIONS = dict(
@@ -118,7 +120,7 @@ def write_config(out_dir, config: str, split: str, table_or_batches, features: F
     for old in folder.iterdir():  # a previous build of this split may have had a different N
         if shard_name.fullmatch(old.name) and old.name not in final_names:
             old.unlink()
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return shards
 
 
@@ -201,11 +203,3 @@ def _hash_and_fsync(path: Path) -> str:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
         os.fsync(f.fileno())
     return digest
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

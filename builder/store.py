@@ -6,7 +6,6 @@ read is a StoreError naming the file; one that lost answers (see `<path>.count`)
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from generation.errors import PersonaError
 from generation.log import log
+
+from .durable import write_atomic
 
 
 class StoreError(PersonaError, RuntimeError):
@@ -112,13 +113,8 @@ class RequestStore:
     def _record(self) -> None:
         """Atomically replace the sidecar count; called after a commit, so a crash in between leaves the
         count below the database's (harmless), never above it (a false alarm)."""
-        tmp = self.count_path.with_name(self.count_path.name + ".tmp")
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{self.n}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.count_path)
+            write_atomic(self.count_path, f"{self.n}\n")
         except OSError as e:
             raise StoreError(f"request store {self.path}: cannot record its answer count in {self.count_path}: {e}") from None
 
