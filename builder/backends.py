@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from generation.engine import Backend, ModelSpec, device, engine_args, get_engine
+from generation.engine import Backend, Chunked, ModelSpec, device, engine_args, get_engine
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
@@ -76,9 +76,10 @@ def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
 
 
 def backend_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], Backend]:
-    """The recipe's [executor]: `model config -> object with generate(requests)`."""
+    """The recipe's [executor]: `model config -> Backend`. The Ray pool takes whole batches, one durable
+    chunk per call, spread over its replicas (see `Chunked`)."""
     if recipe.executor.kind == "ray":
-        return lambda m: ray_pool_for(m, recipe.executor)
+        return lambda m: Chunked(ray_pool_for(m, recipe.executor), recipe.output.chunk_size)
     return local_backend
 
 

@@ -56,7 +56,7 @@ class Replica:
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
     def generate(self, requests: list[ChatRequest]) -> list[Result]:
-        return self.engine.generate(requests, progress=False)
+        return self.engine.generate(requests)
 
 
 @dataclass(eq=False)  # identity equality: two slots are never "the same replica"

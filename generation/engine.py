@@ -78,9 +78,44 @@ class Result:
 
 
 class Backend(Protocol):
-    """Where chat requests run: this process's vLLM engine (`Engine`) or a pool of engine replicas
-    (builder.ray_backend.RayPool). One Result per request, in request order."""
-    def generate(self, requests: list[ChatRequest]) -> list[Result]: ...
+    """Where chat requests run: this process's vLLM engine (`Engine`), an OpenAI-compatible server, or a
+    pool of engine replicas (`Chunked` over builder.ray_backend.RayPool).
+
+    Streaming, so the caller can send a request the moment the answer it depends on exists:
+    `submit` hands requests over without waiting; `poll` runs the backend and returns the results
+    finished since the last poll (waiting for at least one while any is in flight). `capacity` is how
+    many requests to keep in flight for the backend never to run short of work."""
+    capacity: int
+    def submit(self, requests: list[ChatRequest]) -> None: ...
+    def poll(self) -> list[Result]: ...
+
+
+def generate_all(backend: Backend, requests: list[ChatRequest]) -> list[Result]:
+    """All of `requests` at once; one Result per request, in request order (for callers without
+    dependencies between requests, e.g. evaluation)."""
+    backend.submit(requests)
+    got: dict[str, Result] = {}
+    want = {r.id for r in requests}
+    while not want <= got.keys():
+        got.update((r.id, r) for r in backend.poll())
+    return [got[r.id] for r in requests]
+
+
+class Chunked:
+    """The Backend contract over anything with a synchronous `generate(requests) -> results` (the Ray
+    pool): each poll sends up to `capacity` submitted requests as one call. The replicas drain at the end
+    of every call, which is the price of a pool that cannot take requests one by one."""
+
+    def __init__(self, inner, capacity: int):
+        self.inner, self.capacity = inner, capacity
+        self.queue: list[ChatRequest] = []
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        self.queue += requests
+
+    def poll(self) -> list[Result]:
+        batch, self.queue = self.queue[:self.capacity], self.queue[self.capacity:]
+        return self.inner.generate(batch) if batch else []
 
 
 @dataclass(frozen=True)
@@ -167,6 +202,8 @@ class Engine:
 
         t0 = time.perf_counter()
         self.llm = LLM(model=spec.path, **self.args)
+        self.running: dict[str, str] = {}  # vLLM's request id -> ours
+        self.done: list[Result] = []
         self.startup_s = time.perf_counter() - t0
 
     def sampling_params(self, req: ChatRequest):
@@ -179,42 +216,46 @@ class Engine:
             seed=req.seed, structured_outputs=so,
         )
 
-    def generate(self, requests: list[ChatRequest], progress: bool = True) -> list[Result]:
-        """Results in the order of `requests`; internally sent in prefix order."""
-        if not requests:
-            return []
-        order = sorted(range(len(requests)), key=lambda i: prefix_key(requests[i]))
-        results: list[Result | None] = [None] * len(requests)
-        # vLLM fails the whole batch on one over-long prompt; answer those here so the caller can
-        # record them as rejects and the rest of the batch still runs.
-        tokenizer = self.llm.get_tokenizer()
-        batch, fits = [], []
-        for i in order:
-            req = requests[i]
-            n = len(tokenizer.apply_chat_template(req.messages, tokenize=True, add_generation_prompt=True,
-                                                   return_dict=False))
-            if n >= self.spec.max_model_len:
-                results[i] = Result(id=req.id, text="", prompt_tokens=n, output_tokens=0, finish_reason=PROMPT_TOO_LONG)
-            else:
-                batch.append(req)
-                fits.append(i)
-        order = fits
-        if not batch:
-            return results
-        outs = self.llm.chat(
-            [r.messages for r in batch],
-            [self.sampling_params(r) for r in batch],
-            # vLLM's bar divides by its elapsed time, which TQDM_DISABLE leaves at zero
-            use_tqdm=progress and not os.environ.get("TQDM_DISABLE"),
-        )
-        for i, req, out in zip(order, batch, outs):
-            c = out.outputs[0]
-            results[i] = Result(
-                id=req.id, text=c.text, prompt_tokens=len(out.prompt_token_ids or []),
-                output_tokens=len(c.token_ids), finish_reason=str(c.finish_reason),
-                cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),
-            )
-        return results
+    @property
+    def capacity(self) -> int:
+        # twice what the scheduler runs at once: the next requests are queued before a slot frees
+        return 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+
+    def submit(self, requests: list[ChatRequest]) -> None:
+        """Queue requests in vLLM's engine without running it (`LLM.enqueue_chat`, one conversation per
+        call: vLLM refuses a whole call for one over-long prompt, which is answered here instead)."""
+        for req in requests:
+            try:
+                [vid] = self.llm.enqueue_chat(req.messages, self.sampling_params(req), use_tqdm=False)
+            except ValueError as e:
+                if "maximum model length" not in str(e):
+                    raise
+                n = len(self.llm.get_tokenizer().apply_chat_template(
+                    req.messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+                self.done.append(Result(id=req.id, text="", prompt_tokens=n, output_tokens=0,
+                                        finish_reason=PROMPT_TOO_LONG))
+                continue
+            # outputs carry the id vLLM was given; enqueue returns it with a random suffix for uniqueness
+            self.running[vid.rsplit("-", 1)[0]] = req.id
+
+    def poll(self) -> list[Result]:
+        """One or more engine steps (`LLMEngine.step`), until some request finishes or none is left."""
+        engine = self.llm.llm_engine
+        while not self.done and self.running:
+            for out in engine.step():
+                if out.finished:
+                    c = out.outputs[0]
+                    self.done.append(Result(
+                        id=self.running.pop(out.request_id), text=c.text,
+                        prompt_tokens=len(out.prompt_token_ids or []), output_tokens=len(c.token_ids),
+                        finish_reason=str(c.finish_reason), cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
+        done, self.done = self.done, []
+        return done
+
+    def generate(self, requests: list[ChatRequest]) -> list[Result]:
+        """All at once, sent in prefix order; results in the order of `requests`."""
+        by_id = {r.id: r for r in generate_all(self, sorted(requests, key=prefix_key))}
+        return [by_id[r.id] for r in requests]
 
 
 _ENGINES: dict[ModelSpec, Engine] = {}
