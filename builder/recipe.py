@@ -91,6 +91,10 @@ class OutputConfig:
     row_group_bytes: int = 100_000_000
     chunk_size: int = 128            # requests per durable chunk
     max_attempts: int = 3            # tries for an unusable model output before it is a reject
+    # an answer that stopped at max_tokens: "retry" with a larger budget (up to the model's limit) and
+    # then reject it as "truncated"; "keep" it as it is (counted), only for plumbing tests with a
+    # random-weight model that never stops on its own
+    truncated: str = "retry"
 
 
 @dataclass(frozen=True)
@@ -359,6 +363,7 @@ def _validate_output(r: Recipe) -> None:
     _need(o.row_group_bytes >= 1, "output.row_group_bytes", ">= 1", o.row_group_bytes)
     _need(o.chunk_size >= 1, "output.chunk_size", ">= 1", o.chunk_size)
     _need(o.max_attempts >= 1, "output.max_attempts", ">= 1", o.max_attempts)
+    _need(o.truncated in ("retry", "keep"), "output.truncated", "'retry' or 'keep'", o.truncated)
 
     e = r.executor
     _need(e.kind in ("local", "ray"), "executor.kind", "'local' or 'ray'", e.kind)

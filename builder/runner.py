@@ -3,14 +3,17 @@ the role's model, answers what the store already holds, sends the rest to a Back
 chunks, retries unusable outputs with a new derived seed, and records rejects with their raw text."""
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import dataclasses
+import heapq
+import time
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Outcome, prefix_key
+from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, Need, Outcome, Result
 from generation.ids import derive_seed, stable_id
 
 from .recipe import ModelConfig, Recipe, RoleConfig
@@ -26,10 +29,11 @@ class RunnerConfig:
     roles: dict[str, RoleConfig]
     chunk_size: int = 128            # requests per durable chunk
     max_attempts: int = 3            # tries for an unusable output before it is a reject
+    truncated: str = "retry"         # see builder.recipe.OutputConfig
 
     @classmethod
     def from_recipe(cls, r: Recipe) -> RunnerConfig:
-        return cls(r.seed, r.models, r.roles, r.output.chunk_size, r.output.max_attempts)
+        return cls(r.seed, r.models, r.roles, r.output.chunk_size, r.output.max_attempts, r.output.truncated)
 
     def model_for(self, role: str) -> ModelConfig:
         return self.models[self.roles[role].model]
@@ -50,77 +54,58 @@ def request_for(cfg: RunnerConfig, role: str, ask: Ask, model_revision: str | No
 
 
 class StoreRunner:
-    """`run(role, asks, parse) -> {key: Outcome}` backed by a RequestStore and a Backend.
+    """`run(role, asks, parse) -> {key: Outcome}` and `run.flows(flows) -> results`, backed by a
+    RequestStore and a Backend per model.
 
-    `backend_for(model_config)` returns the Backend that serves that model (the local vLLM engine,
-    or the Ray pool); it is only called when something is not stored yet.
+    `backend_for(model_config)` returns the Backend that serves that model (the local vLLM engine, a
+    server, or the Ray pool); it is only called when something is not stored yet.
     """
 
     def __init__(self, cfg: RunnerConfig, store: RequestStore, backend_for: Callable[[ModelConfig], Backend],
-                 revisions: dict[str, str | None]):
+                 revisions: dict[str, str | None], commit_s: float = 5.0):
         self.cfg = cfg
         self.store = store
         self.backend_for = backend_for
         self.revisions = revisions  # model name -> resolved revision
+        self.commit_s = commit_s    # answers are committed every chunk_size answers or commit_s seconds
+        self.backends: dict[str, Backend] = {}  # model name -> backend, once asked for
         self.stats: dict[str, dict] = defaultdict(lambda: {"requests": 0, "ok": 0, "rejects": Counter(),
-                                                           "prompt_tokens": 0, "output_tokens": 0})
+                                                           "prompt_tokens": 0, "output_tokens": 0,
+                                                           "retries": 0, "truncated_kept": 0})
 
     def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]:
-        parse = parse or (lambda text: text)
         keys = [a.key for a in asks]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{role}: duplicate ask keys")
-        revision = self.revisions.get(self.cfg.roles[role].model)
-        reqs = {a.key: request_for(self.cfg, role, a, revision) for a in asks}
-        stored = self.store.get_many([r.id for r in reqs.values()])
-        todo = sorted((a for a in asks if reqs[a.key].id not in stored), key=lambda a: prefix_key(reqs[a.key]))
-        if todo:
-            backend = self.backend_for(self.cfg.model_for(role))
-            chunks = range(0, len(todo), self.cfg.chunk_size)
-            for i in tqdm(chunks, desc=f"{role} ({len(todo)} requests, {len(asks) - len(todo)} stored)", unit="chunk"):
-                rows = self._answer(role, todo[i:i + self.cfg.chunk_size], parse, backend, revision)
-                self.store.put_many(rows)
-                stored.update((r.request_id, r) for r in rows)
-        out = {}
-        st = self.stats[role]
-        for a in asks:
-            s = stored[reqs[a.key].id]
-            value = parse(s.text) if s.ok else None
-            out[a.key] = Outcome(key=a.key, ok=s.ok, value=value, text=s.text, reason=s.reason, attempts=s.attempts,
-                                 prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens)
-            st["requests"] += 1
-            st["ok"] += s.ok
-            st["prompt_tokens"] += s.prompt_tokens
-            st["output_tokens"] += s.output_tokens
-            if not s.ok:
-                st["rejects"][reason_category(s.reason)] += 1
-        return out
+        return dict(zip(keys, self.flows([_one(Need(role, a, parse)) for a in asks], role)))
 
-    def _answer(self, role, asks, parse, backend: Backend, revision) -> list[Stored]:
-        done: dict[str, Stored] = {}
-        pending = list(asks)
-        for attempt in range(self.cfg.max_attempts):
-            reqs = [request_for(self.cfg, role, a, revision, attempt) for a in pending]
-            results = backend.generate(reqs)
-            retry = []
-            for a, req, res in zip(pending, reqs, results):
-                reason = None
-                if res.finish_reason == PROMPT_TOO_LONG:  # another seed cannot fix this: no retry
-                    reason = f"prompt_too_long: {res.prompt_tokens} tokens do not fit max_model_len"
-                else:
-                    try:
-                        parse(res.text)
-                    except ValueError as e:
-                        reason = (str(e).strip() or type(e).__name__)[:300]
-                if reason is not None and attempt + 1 < self.cfg.max_attempts and res.finish_reason != PROMPT_TOO_LONG:
-                    retry.append(a)
-                    continue
-                done[a.key] = Stored(req.id, role, a.key, reason is None, res.text, reason, attempt + 1,
-                                     res.prompt_tokens, res.output_tokens, res.cached_tokens, res.finish_reason)
-            pending = retry
-            if not pending:
-                break
-        return [done[a.key] for a in asks]
+    def flows(self, flows: list[Flow], desc: str = "") -> list:
+        """Run `flows` (see generation.engine.Flow) and return their results in order. At most
+        `window` flows are open at once, admitted in the given order, so the requests in flight come
+        from neighbouring records (a stage orders its records so that neighbours share a prompt prefix)."""
+        return _Loop(self, flows, desc).run()
+
+    def request(self, need: Need) -> ChatRequest:
+        role = need.role
+        return request_for(self.cfg, role, need.ask, self.revisions.get(self.cfg.roles[role].model))
+
+    def backend(self, model: str) -> Backend:
+        # only one model has requests out at a time (see _Loop.send); letting go of the others lets
+        # get_engine free the previous engine instead of this runner keeping it alive
+        if model not in self.backends:
+            self.backends = {model: self.backend_for(self.cfg.models[model])}
+        return self.backends[model]
+
+    def count(self, s: Stored) -> None:
+        st = self.stats[s.role]
+        st["requests"] += 1
+        st["ok"] += s.ok
+        st["prompt_tokens"] += s.prompt_tokens
+        st["output_tokens"] += s.output_tokens
+        st["retries"] += s.attempts - 1
+        st["truncated_kept"] += s.ok and s.finish_reason == "length"
+        if not s.ok:
+            st["rejects"][reason_category(s.reason)] += 1
 
     def summary(self) -> dict:
         return {role: {**s, "rejects": dict(sorted(s["rejects"].items()))} for role, s in sorted(self.stats.items())}
@@ -130,3 +115,179 @@ def reason_category(reason: str | None) -> str:
     """Rejects are counted by a stable category, the text before the first ':' of the parse error
     (e.g. "schema: missing key 'age'" -> "schema"); the full reason stays in the store."""
     return (reason or "unknown").split(":", 1)[0].strip()[:80]
+
+
+def _one(need: Need) -> Flow:
+    return (yield need)
+
+
+class _Pending(NamedTuple):
+    need: Need
+    request: ChatRequest        # the attempt to send next
+    attempt: int                # 0-based
+
+
+class _Loop:
+    """One `StoreRunner.flows` call. Single-threaded: admit flows, look their needs up in the store,
+    keep each model's backend `capacity` requests busy, and as answers arrive check them (retry with a
+    derived seed or a larger token budget, or reject), commit them in small transactions and resume
+    the flows waiting for them."""
+
+    def __init__(self, runner: StoreRunner, flows: list[Flow], desc: str):
+        self.r, self.flows = runner, flows
+        self.results: list = [None] * len(flows)
+        self.ready: deque[tuple[int, Any]] = deque()          # (flow, value to send) to resume
+        self.waiting: dict[str, list[int]] = {}               # request id -> flows waiting for it
+        self.queued: dict[str, list] = defaultdict(list)      # model -> heap of (flow, seq, _Pending)
+        self.sent: dict[str, _Pending] = {}                   # request id -> what is at a backend
+        self.in_flight: Counter = Counter()                   # model -> requests at its backend
+        self.buffer: dict[str, Stored] = {}                   # answered, not yet committed
+        self.counted: set[str] = set()
+        self.seq = 0
+        self.admitted = self.open = self.done = 0
+        self.last_commit = time.monotonic()
+        self.bar = tqdm(total=len(flows), desc=desc or "requests", unit="rec", dynamic_ncols=True,
+                        disable=None if flows else True)
+        self.out_tokens, self.t0 = 0, time.monotonic()
+
+    @property
+    def window(self) -> int:
+        return max(4 * sum(self.r.backend(m).capacity for m in self.r.backends) if self.r.backends else 0, 1024)
+
+    def run(self) -> list:
+        try:
+            while True:
+                self.admit()
+                self.resume()
+                if self.sent or any(self.queued.values()):
+                    self.send()
+                    self.receive()
+                elif not self.ready and self.admitted == len(self.flows):
+                    break
+            self.commit()
+        finally:
+            self.bar.close()
+        return self.results
+
+    # ---- flows
+    def admit(self) -> None:
+        while self.admitted < len(self.flows) and self.open < self.window:
+            self.ready.append((self.admitted, None))
+            self.admitted += 1
+            self.open += 1
+
+    def resume(self) -> None:
+        """Advance ready flows; look their new needs up (one store query for all of them)."""
+        while self.ready:
+            needs: dict[str, tuple[ChatRequest, Need, list[int]]] = {}
+            while self.ready:
+                i, value = self.ready.popleft()
+                try:
+                    need = self.flows[i].send(value)
+                except StopIteration as stop:
+                    self.results[i] = stop.value
+                    self.open -= 1
+                    self.done += 1
+                    self.bar.update()
+                    continue
+                req = self.r.request(need)
+                if req.id in self.waiting:       # already asked for by another flow
+                    self.waiting[req.id].append(i)
+                elif req.id in self.buffer:
+                    self.ready.append((i, self.outcome(need, self.buffer[req.id])))
+                else:
+                    needs.setdefault(req.id, (req, need, []))[2].append(i)
+            stored = self.r.store.get_many(list(needs)) if needs else {}
+            for rid, (req, need, idx) in needs.items():
+                if rid in stored:
+                    self.account(stored[rid])
+                    self.ready.extend((i, self.outcome(need, stored[rid])) for i in idx)
+                else:
+                    self.waiting[rid] = idx
+                    self.queue(_Pending(need, req, 0), min(idx))
+
+    def queue(self, p: _Pending, flow: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.queued[self.r.cfg.roles[p.need.role].model], (flow, self.seq, p))
+
+    def outcome(self, need: Need, s: Stored) -> Outcome:
+        value = (need.parse or _text)(s.text) if s.ok else None
+        return Outcome(key=need.ask.key, ok=s.ok, value=value, text=s.text, reason=s.reason, attempts=s.attempts,
+                       prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens)
+
+    def account(self, s: Stored) -> None:
+        if s.request_id not in self.counted:
+            self.counted.add(s.request_id)
+            self.r.count(s)
+
+    # ---- backends
+    def send(self) -> None:
+        """Top every model's backend up to its capacity, lowest flow first. With several models, only
+        one has requests out at a time: a local engine holds one model (get_engine swaps them)."""
+        busy = [m for m in self.in_flight if self.in_flight[m]]
+        for model, heap in self.queued.items():
+            if not heap or (busy and model not in busy):
+                continue
+            backend = self.r.backend(model)
+            batch = []
+            while heap and self.in_flight[model] + len(batch) < backend.capacity:
+                batch.append(heapq.heappop(heap)[2])
+            if batch:
+                for p in batch:
+                    self.sent[p.request.id] = p
+                backend.submit([p.request for p in batch])
+                self.in_flight[model] += len(batch)
+            busy = busy or [model]
+
+    def receive(self) -> None:
+        for model in [m for m in self.in_flight if self.in_flight[m]]:
+            for res in self.r.backend(model).poll():
+                self.in_flight[model] -= 1
+                self.check(self.sent.pop(res.id), res)
+        if len(self.buffer) >= self.r.cfg.chunk_size or time.monotonic() - self.last_commit >= self.r.commit_s:
+            self.commit()
+
+    def check(self, p: _Pending, res: Result) -> None:
+        """A usable answer, a retry (new derived seed; a truncated answer also a larger budget), or a reject."""
+        need, req = p.need, p.request
+        model = self.r.cfg.model_for(need.role)
+        self.out_tokens += res.output_tokens
+        reason, retry = None, None
+        if res.finish_reason == PROMPT_TOO_LONG:  # another seed cannot fix this: no retry
+            reason = f"prompt_too_long: {res.prompt_tokens} tokens do not fit max_model_len"
+        elif res.finish_reason == "length" and self.r.cfg.truncated == "retry":
+            room = model.max_model_len - res.prompt_tokens - 1
+            bigger = min(2 * req.max_tokens, room)
+            reason = f"truncated: the answer stopped at max_tokens={req.max_tokens}"
+            if bigger > req.max_tokens:
+                retry = dataclasses.replace(req, max_tokens=bigger)  # same seed: the same start, continued
+        else:
+            try:
+                (need.parse or _text)(res.text)
+            except ValueError as e:
+                reason = (str(e).strip() or type(e).__name__)[:300]
+                retry = dataclasses.replace(req, seed=derive_seed(self.first_seed(need), "retry", p.attempt + 1))
+        if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.max_attempts:
+            self.queue(_Pending(need, retry, p.attempt + 1), min(self.waiting[req.id]))
+            return
+        s = Stored(req.id, need.role, need.ask.key, reason is None, res.text, reason, p.attempt + 1,
+                   res.prompt_tokens, res.output_tokens, res.cached_tokens, res.finish_reason)
+        self.buffer[s.request_id] = s
+        self.account(s)
+        out = self.outcome(need, s)
+        self.ready.extend((i, out) for i in self.waiting.pop(req.id))
+        self.bar.set_postfix_str(f"{self.out_tokens / max(time.monotonic() - self.t0, 1e-9):,.0f} out tok/s",
+                                 refresh=False)
+
+    def first_seed(self, need: Need) -> int:
+        return self.r.request(need).seed
+
+    def commit(self) -> None:
+        if self.buffer:
+            self.r.store.put_many(list(self.buffer.values()))
+            self.buffer.clear()
+        self.last_commit = time.monotonic()
+
+
+def _text(text: str) -> str:
+    return text

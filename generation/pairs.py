@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from .engine import Ask, Outcome
+from .engine import Ask, Flow, Need, Outcome, run_flows
 from .errors import PersonaError
 from .names import SPLITS
 from .results import StageResult
@@ -263,25 +263,60 @@ def _check_inputs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.
             raise PairsError(f"build_pairs: assignment names unknown {name} {unknown[0]!r} ({len(unknown)} unknown)")
 
 
-class _Draft(NamedTuple):
-    """A pair on its way to the reviser: its assignment row, the rejected answer, the critique, and the
-    note on what the previous revision got wrong (None before the first)."""
-    pair: dict
-    answer: Outcome
-    critique: str
-    feedback: str | None = None
+class _Pair(NamedTuple):
+    """What one pair's flow ends with: its row or its reject, and how far it got (for the counts)."""
+    row: dict | None
+    reject: dict | None
+    critiqued: bool
+    revisions: int
+
+
+def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempts: int, structured: bool) -> Flow:
+    """responder -> critic -> reviser for one pair, each request sent as soon as the one before is
+    answered. Revisions failing "identical" or "length" are asked again (new key, a note on what was
+    wrong) up to max_attempts in all; format failures are retried by the runner itself."""
+    def reject(step: str, o: Outcome, reason: str | None = None, critiqued=False, revisions=0) -> _Pair:
+        return _Pair(None, {"id": p["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
+                            "raw": o.text}, critiqued, revisions)
+
+    a = yield Need("responder", rejected_ask(p["prompt_id"], question), parse_answer)
+    if not a.ok:
+        return reject("rejected", a)
+    c = yield Need("critic", critique_ask(p["pair_id"], persona, question, a.value, structured), parse_critique)
+    if not c.ok:
+        return reject("critique", c, critiqued=True)
+    critique, feedback = format_critique(c.value), None
+    for attempt in range(max_attempts):
+        o = yield Need("reviser", revise_ask(p["pair_id"], persona, question, a.value, critique, length_control,
+                                             a.output_tokens, attempt, feedback, structured), parse_revision)
+        if not o.ok:
+            return reject("chosen", o, critiqued=True, revisions=attempt + 1)
+        try:
+            check_revision(o.value, a.value, length_control)
+        except ValueError as e:
+            reason = str(e)
+            if attempt + 1 == max_attempts:
+                return reject("chosen", o, reason, critiqued=True, revisions=attempt + 1)
+            feedback = FEEDBACK[reason]
+            if reason == "length":
+                _, low, high = word_bounds(a.value, length_control)
+                feedback = feedback.format(words=len(o.value.split()), low=low, high=high)
+            continue
+        row = {**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")}, "persona": persona,
+               "instruction": question, "rejected": a.value, "critique": critique, "chosen": o.value,
+               "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
+        return _Pair(row, None, True, attempt + 1)
 
 
 def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame, run,
                 length_control: float | None = None, max_attempts: int = 3,
                 structured: bool = False) -> StageResult:
-    """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split].
+    """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split],
+    one flow per pair (`_pair_flow`), all streamed through `run` at once.
 
     `length_control` (None or e.g. 0.15): the reviser is told a target length in words and its
     max_tokens is the rejected answer's tokens x (1 + fraction); a revision outside +-fraction in words
-    is a "length" failure. Revisions failing "identical" or "length" are asked again (with a new key and
-    a note on what was wrong) up to `max_attempts` times in all; format failures are retried by the
-    runner itself. Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
+    is a "length" failure. Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
     test_unseen], persona_id, prompt_id), its counts, and every excluded pair as a reject
     {id: pair_id, step, reason, raw}, so rows + rejects == assigned pairs.
     """
@@ -292,96 +327,19 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     _check_inputs(personas, prompts, assignment)
     persona_text = dict(zip(personas.persona_id, personas.persona))
     question = dict(zip(prompts.prompt_id, prompts.text))
-    # persona-major order: the asks of one persona are consecutive and share their system prefix
+    # persona-major order: the requests of one persona are in flight together and share their prefix
     pairs = assignment.sort_values(["persona_id", "split", "prompt_id"], kind="stable").to_dict("records")
-    rejects: list[dict] = []
-
-    def reject(pair: dict, step: str, o: Outcome, reason: str | None = None) -> None:
-        rejects.append({"id": pair["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
-                        "raw": o.text})
-
-    # 1. rejected: one bare-question answer per distinct prompt
-    prompt_ids = sorted({p["prompt_id"] for p in pairs})
-    answer_asks = [rejected_ask(pid, question[pid]) for pid in prompt_ids]
-    answers = run("responder", answer_asks, parse_answer)
-    live = []
-    for p in pairs:
-        o = answers[f"rejected/{p['prompt_id']}"]
-        if o.ok:
-            live.append((p, o))
-        else:
-            reject(p, "rejected", o)
-
-    # 2. critique
-    critique_asks = [critique_ask(p["pair_id"], persona_text[p["persona_id"]], question[p["prompt_id"]], a.value,
-                                  structured)
-                     for p, a in live]
-    critiques = run("critic", critique_asks, parse_critique)
-    revisable = []
-    for (p, a), ask in zip(live, critique_asks):
-        o = critiques[ask.key]
-        if o.ok:
-            revisable.append(_Draft(p, a, format_critique(o.value)))
-        else:
-            reject(p, "critique", o)
-
-    # 3. chosen, with pair-specific checks and feedback retries
-    done, retries = _revise(revisable, run, persona_text, question, reject, length_control, max_attempts, structured)
-
-    rows = [{**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")},
-             "persona": persona_text[p["persona_id"]], "instruction": question[p["prompt_id"]],
-             "rejected": a.value, "critique": c, "chosen": o.value,
-             "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
-            for (p, a, c, _), o in done.values()]
-    table = pd.DataFrame(rows, columns=COLUMNS).sort_values(
+    done = run_flows(run, [_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
+                                      max_attempts, structured) for p in pairs], "pairs")
+    rejects = [d.reject for d in done if d.reject is not None]
+    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=COLUMNS).sort_values(
         ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
     table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
-
-    stats = _pair_counts(assignment, table, rejects, len(answer_asks), len(critique_asks), len(revisable), retries,
-                         length_control, max_attempts)
+    revisable = sum(d.revisions > 0 for d in done)
+    retries = sum(max(d.revisions - 1, 0) for d in done)
+    stats = _pair_counts(assignment, table, rejects, len({p["prompt_id"] for p in pairs}),
+                         sum(d.critiqued for d in done), revisable, retries, length_control, max_attempts)
     return StageResult(table, stats, rejects)
-
-
-
-def _revise(drafts: list[_Draft], run, persona_text: dict, question: dict, reject, length_control, max_attempts: int,
-            structured: bool) -> tuple[dict[str, tuple[_Draft, Outcome]], int]:
-    """The reviser, asked again (with a note on what was wrong) while a revision fails "identical" or
-    "length", up to max_attempts in all. Returns {pair_id: (draft, accepted revision)} and the retries."""
-    pending = drafts
-    done: dict[str, tuple[_Draft, Outcome]] = {}  # pair_id -> (draft, the accepted revision)
-    retries = 0
-    for attempt in range(max_attempts):
-        if not pending:
-            break
-        if attempt:
-            retries += len(pending)
-        asks = [revise_ask(p["pair_id"], persona_text[p["persona_id"]], question[p["prompt_id"]], a.value, c,
-                           length_control, a.output_tokens, attempt, fb, structured) for p, a, c, fb in pending]
-        outs = run("reviser", asks, parse_revision)
-        again = []
-        for draft, ask in zip(pending, asks):
-            p, a = draft.pair, draft.answer
-            o = outs[ask.key]
-            if not o.ok:
-                reject(p, "chosen", o)
-                continue
-            try:
-                check_revision(o.value, a.value, length_control)
-            except ValueError as e:
-                reason = str(e)
-                if attempt + 1 == max_attempts:
-                    reject(p, "chosen", o, reason=reason)
-                else:
-                    fb = FEEDBACK[reason]
-                    if reason == "length":
-                        _, low, high = word_bounds(a.value, length_control)
-                        fb = fb.format(words=len(o.value.split()), low=low, high=high)
-                    again.append(draft._replace(feedback=fb))
-                continue
-            done[p["pair_id"]] = (draft, o)
-        pending = again
-
-    return done, retries
 
 
 def _pair_counts(assignment, table, rejects, answers: int, critiques: int, revisable: int, retries: int,

@@ -41,7 +41,9 @@ def recipe_data(model_dir: str | Path, *, personas: int = 4, classify_limit: int
                     "classify_limit": classify_limit},
         "pairs": {"train_per_persona": train_per_persona, "n_train": n_train, "n_unseen": n_unseen,
                   "structured": True, "cap_to_pool": True},
-        "output": {"chunk_size": chunk_size},
+        # a random-weight model seldom stops by itself: keep its cut-off answers (counted) so the
+        # plumbing has pairs to carry; tests of the "retry" default set it back
+        "output": {"chunk_size": chunk_size, "truncated": "keep"},
         "models": {"m": {"id": "test/model", "path": str(model_dir), "dtype": "float32",
                          "max_model_len": max_model_len, "kv_cache_gib": 0.25}},
         "roles": {role: {"model": "m", "temperature": 0.8, "max_tokens": max_tokens} for role in ROLES},

@@ -151,8 +151,9 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     roles = [role for role, _ in calls]
     assert roles == ["responder", "critic", "reviser", "reviser", "reviser"]
     responder_asks = calls[0][1]
-    assert [a.key for a in responder_asks] == ["rejected/q0", "rejected/q1", "rejected/q2", "rejected/q3"]
-    assert all(a.messages == [{"role": "user", "content": q}] for a, q in zip(responder_asks, prompts.text))
+    assert sorted(a.key for a in responder_asks) == ["rejected/q0", "rejected/q1", "rejected/q2", "rejected/q3"]
+    text = dict(zip(prompts.prompt_id, prompts.text))
+    assert all(a.messages == [{"role": "user", "content": text[a.key.split("/")[1]]}] for a in responder_asks)
 
     # persona-prefix order: asks grouped by persona, persona first in an otherwise fixed system message
     for role, instruction in (("critic", CRITIC_INSTRUCTION), ("reviser", REVISER_INSTRUCTION)):

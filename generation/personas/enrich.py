@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from generation.engine import Ask
+from generation.engine import Ask, Outcome
 from generation.schema import parse_json, union_schema, validate
 
 from .attributes import (
@@ -138,32 +138,29 @@ def enrichment_ask(row: Mapping) -> Ask:
                schema=schema)
 
 
-def enrich_rows(rows: list[dict], run, reject) -> list[dict]:
-    """One persona_filler Ask per row; returns the rows that got a valid answer and still pass the rules."""
-    asks = {row["persona_id"]: enrichment_ask(row) for row in rows}
-    if not asks:
-        return []
-    parse = functools.partial(parse_json, schema=union_schema([a.schema for a in asks.values()]))
-    outcomes = run(FILLER_ROLE, list(asks.values()), parse)
-    kept = []
-    for row in rows:
-        ask = asks[row["persona_id"]]
-        out = outcomes[ask.key]
-        problem = None if out.ok else (out.reason or "no valid answer")
-        if out.ok:
-            try:
-                validate(out.value, ask.schema)  # the batch was parsed against the union of all schemas
-            except ValueError as e:
-                problem = f"schema: {e}"
-        if problem:
-            reject(row, ["enrichment_failed"], problem)
-            continue
-        row.update({k: v.strip() for k, v in out.value.items()})
-        # what the model filled beyond the six LLM attributes: the effective generated fields
-        row["generated_fields"] = [f for f in ask.schema["properties"] if f not in LLM_ATTRIBUTES]
-        reasons = check_rules(row)  # again, now that the generated fields are known
-        if reasons:
-            reject(row, reasons)
-        else:
-            kept.append(row)
-    return kept
+def enrichment_parser(asks: list[Ask]):
+    """One parser for a round's filler answers: the union of their schemas (each answer is then checked
+    against its own person's schema by `enrich_one`)."""
+    return functools.partial(parse_json, schema=union_schema([a.schema for a in asks]))
+
+
+def enrich_one(row: dict, ask: Ask, out: Outcome, reject) -> bool:
+    """Apply a persona_filler answer to `row`; False (and a reject) when it is unusable or the filled-in
+    person breaks a rule."""
+    problem = None if out.ok else (out.reason or "no valid answer")
+    if out.ok:
+        try:
+            validate(out.value, ask.schema)
+        except ValueError as e:
+            problem = f"schema: {e}"
+    if problem:
+        reject(row, ["enrichment_failed"], problem)
+        return False
+    row.update({k: v.strip() for k, v in out.value.items()})
+    # what the model filled beyond the six LLM attributes: the effective generated fields
+    row["generated_fields"] = [f for f in ask.schema["properties"] if f not in LLM_ATTRIBUTES]
+    reasons = check_rules(row)  # again, now that the generated fields are known
+    if reasons:
+        reject(row, reasons)
+        return False
+    return True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from generation.engine import Ask
+from generation.engine import Ask, Outcome
 from generation.schema import parse_json
 
 from .render import render_persona
@@ -38,19 +38,13 @@ def judge_ask(row: Mapping) -> Ask:
                schema=JUDGE_SCHEMA)
 
 
-def judge_rows(rows: list[dict], run, reject) -> list[dict]:
-    """One consistency_judge Ask per row; returns the rows judged consistent, with their persona text."""
-    if not rows:
-        return []
-    verdicts = run(JUDGE_ROLE, [judge_ask(row) for row in rows], parse_judge)
-    kept = []
-    for row in rows:
-        out = verdicts[f"judge/{row['persona_id']}"]
-        if not out.ok:
-            reject(row, ["judge_failed"], out.reason)
-        elif not out.value["consistent"]:
-            reject(row, ["judge_inconsistent"], out.value["reason"])
-        else:
-            row["persona"] = render_persona(row)
-            kept.append(row)
-    return kept
+def judge_one(row: dict, out: Outcome, reject) -> bool:
+    """Apply the judge's verdict: True (and the persona text set) when the row is judged consistent."""
+    if not out.ok:
+        reject(row, ["judge_failed"], out.reason)
+        return False
+    if not out.value["consistent"]:
+        reject(row, ["judge_inconsistent"], out.value["reason"])
+        return False
+    row["persona"] = render_persona(row)
+    return True

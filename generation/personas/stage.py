@@ -21,10 +21,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from ..engine import Flow, Need, run_flows
 from ..results import StageResult
 from .attributes import OUTPUT_COLUMNS, PROCEDURAL_ATTRIBUTES
-from .enrich import enrich_rows
-from .judge import judge_rows
+from .enrich import FILLER_ROLE, enrich_one, enrichment_ask, enrichment_parser
+from .judge import JUDGE_ROLE, judge_ask, judge_one, parse_judge
 from .row import _missing
 from .rules import check_rules
 from .traits import persona_id, procedural_traits
@@ -53,6 +54,15 @@ def prepare_rows(people: pd.DataFrame, seed: int, replacement_round: int, n_quir
         row["replacement_round"] = replacement_round
         rows.append(row)
     return rows
+
+
+def _persona_flow(row: dict, ask, parse, reject) -> Flow:
+    """Enrich one person, then judge the result; True when the person is kept."""
+    out = yield Need(FILLER_ROLE, ask, parse)
+    if not enrich_one(row, ask, out, reject):
+        return False
+    verdict = yield Need(JUDGE_ROLE, judge_ask(row), parse_judge)
+    return judge_one(row, verdict, reject)
 
 
 def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd.DataFrame], run, n: int,
@@ -98,7 +108,10 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
                 reject(row, reasons)
             else:
                 fine.append(row)
-        accepted += judge_rows(enrich_rows(fine, run, reject), run, reject)
+        asks = [enrichment_ask(row) for row in fine]
+        parse = enrichment_parser(asks)
+        done = run_flows(run, [_persona_flow(row, ask, parse, reject) for row, ask in zip(fine, asks)], "personas")
+        accepted += [row for row, ok in zip(fine, done) if ok]
 
         need = n - len(accepted)
         if need <= 0 or rounds >= max_rounds:
