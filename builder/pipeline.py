@@ -23,7 +23,7 @@ from . import folders
 from . import manifest as mf
 from .backends import backend_for_recipe, engine_settings, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
-from .runner import RunnerConfig, StoreRunner, reason_category
+from .runner import REHEARSAL, RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
 
@@ -202,6 +202,8 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         state_shares=census_fit["state_shares"],
         description=recipe.description,
     )
+    if store.flag(REHEARSAL):  # marked for publish and the card: placeholder texts, not a dataset
+        fields["rehearsal"] = "engine double (bench/double.py): placeholder answers, not a dataset"
     manifest = mf.finalize(staging, shards, **_jsonable(fields))
     problems = mf.verify_folder(staging)
     if problems:  # a bug of ours or a disk that lies; the staging folder is left for inspection

@@ -97,6 +97,8 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     if problems:
         raise PublishError(f"{folder} does not match its manifest: " + "; ".join(problems))
     manifest = load_manifest(folder / MANIFEST)
+    if manifest.get("rehearsal"):
+        raise PublishError(f"{folder} is a rehearsal build ({manifest['rehearsal']}); it is never published")
     paths = [f["path"] for f in manifest["files"]] + list(SIDECARS)
     sizes = {p: (folder / p).stat().st_size for p in paths}
 

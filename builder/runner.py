@@ -17,7 +17,7 @@ from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, 
 from generation.ids import derive_seed, stable_id
 
 from .recipe import ModelConfig, Recipe, RoleConfig
-from .store import RequestStore, Stored
+from .store import RequestStore, Stored, StoreError
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,9 @@ class StoreRunner:
         # only one model has requests out at a time (see _Loop.send); letting go of the others lets
         # get_engine free the previous engine instead of this runner keeping it alive
         if model not in self.backends:
-            self.backends = {model: self.backend_for(self.cfg.models[model])}
+            backend = self.backend_for(self.cfg.models[model])
+            _check_rehearsal(self.store, backend)
+            self.backends = {model: backend}
         return self.backends[model]
 
     def count(self, s: Stored) -> None:
@@ -115,6 +117,23 @@ def reason_category(reason: str | None) -> str:
     """Rejects are counted by a stable category, the text before the first ':' of the parse error
     (e.g. "schema: missing key 'age'" -> "schema"); the full reason stays in the store."""
     return (reason or "unknown").split(":", 1)[0].strip()[:80]
+
+
+REHEARSAL = "rehearsal"  # store flag: answers came from the benchmark's engine double (bench/double.py)
+
+
+def _check_rehearsal(store: RequestStore, backend) -> None:
+    """A store answered by the engine double never feeds a real build, and the double never writes into
+    a real build's store: its placeholder texts would pass for model answers."""
+    double = bool(getattr(backend, REHEARSAL, False))
+    marked = store.flag(REHEARSAL) is not None
+    if double and not marked:
+        if store.count():
+            raise StoreError(f"request store {store.path} holds real answers: the engine double may not add to it")
+        store.set_flag(REHEARSAL, "engine double")
+    elif marked and not double:
+        raise StoreError(f"request store {store.path} holds answers of the rehearsal's engine double, not of a "
+                         "model; use another work folder for a real build")
 
 
 def _one(need: Need) -> Flow:

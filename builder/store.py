@@ -149,6 +149,15 @@ class RequestStore:
         self.n += max(added, 0)
         self._record()
 
+    def flag(self, name: str) -> str | None:
+        with self._errors("cannot read it"):
+            row = self.db.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_flag(self, name: str, value: str) -> None:
+        with self._errors("cannot write it"):
+            self.db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", (name, value))
+
     def count(self) -> int:
         with self._errors("cannot count its answers"):
             return self.db.execute("SELECT count(*) FROM results").fetchone()[0]

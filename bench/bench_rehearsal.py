@@ -1,0 +1,180 @@
+"""The paper-size rehearsal: the real pipeline at configs/paper.toml's sizes (1,586 personas x 200 prompts =
+317,200 pairs, ~640k model requests, the shared census and PRISM prompts) with the engine double
+(bench/double.py) answering instantly, so what is measured is our own code.
+
+    python bench/bench_rehearsal.py [--json results.json] [--work DIR]
+
+1. A full build: wall time, our own time per request (wall minus the double's own time, per request),
+   peak RSS, store and output size; `persona verify`; `load_dataset` reads every preference row.
+2. The same build killed with SIGKILL at about half of its requests, then run again in the same
+   folders: SHA256SUMS identical to 1., no request stored twice, and how many were answered twice
+   (bounded by what was in flight or not yet committed at the kill).
+Targets: <= 10 min wall, <= 1 ms per request, <= 4 GB peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PERSONA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TARGETS = {"rehearsal_wall_s": 600.0, "pipeline_ms_per_request": 1.0, "rehearsal_peak_rss_gb": 4.0}
+
+
+def recipe(folder: Path, personas: int) -> Path:
+    """configs/paper.toml with local sources, and a model folder that holds no model (the double needs none)."""
+    text = (ROOT / "configs" / "paper.toml").read_text()
+    data = tomllib.loads(text)
+    model = folder / "no-model"
+    model.mkdir(parents=True, exist_ok=True)
+    # the model revision is this folder's digest: a config.json is all it needs
+    (model / "config.json").write_text('{"note": "the rehearsal engine double answers; there is no model here"}\n')
+    lines = []
+    for line in text.splitlines():
+        key = line.split("=")[0].strip()
+        if key == "source" and "census.gov" in line:
+            line = f'source = "{SHARED / "census" / "acs-pums-2024-1yr"}"'
+        elif key == "source" and "hf://" in line:
+            line = f'source = "{SHARED / "prism" / "prism_opening_prompts.json"}"'
+        elif key == "personas":
+            line = f"personas = {personas}"
+        elif key == "text_field":
+            continue
+        elif key == "revision":
+            line = f'path = "{model}"'
+        lines.append(line)
+    assert "qwen72" in data["models"]
+    out = folder / "paper-rehearsal.toml"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def child(recipe_path: str, out: str, work: str, log: str, stats: str) -> None:
+    """One build with the double; its own peak RSS and the double's time go to `stats`."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from double import Double
+
+    from builder.pipeline import build
+
+    class Logged(Double):
+        """Appends every answered request id to `log` (to count answers given twice across a kill)."""
+        spent = 0.0
+
+        def submit(self, requests):
+            t0 = time.perf_counter()
+            super().submit(requests)
+            with open(log, "a") as f:
+                f.write("".join(r.id + "\n" for r in requests))
+            Logged.spent += time.perf_counter() - t0
+
+    double = Logged()
+    t0 = time.perf_counter()
+    build(recipe_path, out=out, work=work, backend_for=lambda m: double)
+    wall = time.perf_counter() - t0
+    Path(stats).write_text(json.dumps({"wall_s": wall, "double_s": Logged.spent, "answered": double.answered,
+                                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def start(args: list) -> subprocess.Popen:
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, __file__, "child", *map(str, args)], cwd=ROOT, env=env)
+
+
+def sums(out: Path) -> str:
+    return (out / "SHA256SUMS").read_text()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, default=ROOT / ".bench-rehearsal")
+    ap.add_argument("--personas", type=int, default=1586, help="fewer for a quick try (200 prompts each)")
+    a = ap.parse_args()
+    if a.work.exists():
+        shutil.rmtree(a.work)
+    a.work.mkdir(parents=True)
+    r = recipe(a.work, a.personas)
+    want = 200 * a.personas
+
+    # 1. the full build
+    full, kill = a.work / "full", a.work / "killed"
+    p = start([r, full / "out", full / "work", full / "answered.log", full / "stats.json"])
+    if p.wait() != 0:
+        print("rehearsal: the full build failed")
+        return 1
+    st = json.loads((full / "stats.json").read_text())
+    from builder.manifest import verify_folder
+    from builder.store import RequestStore
+    store = RequestStore(full / "work" / "persona" / "requests.sqlite")
+    n_req = store.count()
+    problems = verify_folder(full / "out")
+    from datasets import load_dataset
+    pairs = sum(len(s) for s in load_dataset(str(full / "out"), "preferences").values())
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    ms = (st["wall_s"] - st["double_s"]) * 1000 / max(n_req, 1)
+    print(f"full build: {pairs:,} preference rows, {n_req:,} requests in {st['wall_s']:.0f} s "
+          f"({ms:.3f} ms of our own time per request; the double took {st['double_s']:.0f} s), "
+          f"peak RSS {st['peak_rss_gb']:.2f} GB; store {size(full / 'work') / 1e6:,.0f} MB, "
+          f"output {size(full / 'out') / 1e6:,.0f} MB; verify: {'ok' if not problems else problems[:3]}")
+
+    # 2. killed at about half of the requests, then resumed
+    target = n_req // 2
+    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json"])
+    count = kill / "work" / "persona" / "requests.sqlite.count"
+    while p.poll() is None:
+        try:
+            if int(count.read_text()) >= target:
+                p.send_signal(signal.SIGKILL)
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    p.wait()
+    at_kill = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
+    first = set((kill / "answered.log").read_text().split())
+    (kill / "answered.log").rename(kill / "answered-1.log")
+    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json"])
+    resumed_ok = p.wait() == 0
+    second = (kill / "answered.log").read_text().split()
+    twice = len(first & set(second))
+    identical = resumed_ok and sums(kill / "out") == sums(full / "out")
+    final = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
+    print(f"kill -9 at {at_kill:,} stored answers of {n_req:,}; resumed: {'ok' if resumed_ok else 'FAILED'}; "
+          f"SHA256SUMS {'identical' if identical else 'DIFFERENT'}; store rows {final:,} (no duplicates: "
+          f"{'yes' if final == n_req else 'NO'}); answered twice: {twice:,} (answered but not yet committed at "
+          f"the kill; bound: chunk_size + the double's capacity)")
+
+    results = [
+        ("rehearsal_pairs", pairs, "pairs", want, pairs == want),
+        ("rehearsal_wall_s", round(st["wall_s"], 1), "s", TARGETS["rehearsal_wall_s"], st["wall_s"] <= 600),
+        ("pipeline_ms_per_request", round(ms, 4), "ms", 1.0, ms <= 1.0),
+        ("rehearsal_peak_rss_gb", round(st["peak_rss_gb"], 2), "GB", 4.0, st["peak_rss_gb"] <= 4.0),
+        ("rehearsal_resume_identical", identical and final == n_req and not problems, "bool", True,
+         identical and final == n_req and not problems),
+        ("rehearsal_answered_twice", twice, "requests", None, None),
+        ("rehearsal_requests", n_req, "requests", None, None),
+    ]
+    for name, value, unit, tgt, met in results:
+        flag = "" if met is None else (" ok" if met else f" MISSED (target {tgt} {unit})")
+        print(f"{name}: {value} {unit}{flag}")
+    if a.json:
+        a.json.write_text(json.dumps([{"name": n, "value": v, "unit": u, "target": t, "met": m}
+                                      for n, v, u, t, m in results]))
+    shutil.rmtree(a.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["child"]:
+        child(*sys.argv[2:])
+    else:
+        sys.exit(main())
