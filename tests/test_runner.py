@@ -1,0 +1,162 @@
+"""The streaming loop (builder.runner): a record's next request goes out as soon as the answer it depends
+on exists, answers are committed in small transactions and never twice, truncated answers are retried
+with a larger budget or rejected, and a store answered by the rehearsal's engine double stays apart.
+
+The backend here is a small deterministic one written for the test (it answers in arrival order,
+`per_poll` at a time, like an engine finishing a few sequences per step); the real engine is
+exercised by the builds in test_build.py and test_crash.py."""
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+from builder.recipe import ModelConfig, RoleConfig
+from builder.runner import RunnerConfig, StoreRunner
+from builder.store import RequestStore, StoreError
+from generation.engine import Result
+from generation.pairs import build_pairs
+
+from .helpers import ROOT
+
+
+class Backend:
+    capacity = 8
+
+    def __init__(self, text=None, finish=None, per_poll: int = 3):
+        self.text = text or (lambda req: _answer(req))
+        self.finish = finish or (lambda req: "stop")
+        self.per_poll, self.queue, self.log = per_poll, [], []
+
+    def submit(self, requests):
+        assert len(self.queue) + len(requests) <= self.capacity, "more in flight than capacity"
+        self.queue += requests
+        self.log += [("submit", r) for r in requests]
+
+    def poll(self):
+        done, self.queue = self.queue[:self.per_poll], self.queue[self.per_poll:]
+        self.log += [("done", r) for r in done]
+        return [Result(r.id, self.text(r), 10, len(self.text(r).split()), self.finish(r)) for r in done]
+
+
+def _answer(req) -> str:
+    system = req.messages[0]["content"]
+    if "SUGGESTIONS:" in system:
+        return f"EVALUATION: fine {req.seed}\nSUGGESTIONS: shorter {req.seed}"
+    if "REVISED PREFERENCE:" in system:
+        return f"REVISED PREFERENCE: better answer {req.seed}"
+    return f"an answer {req.seed}"
+
+
+def runner(tmp_path, backend, chunk_size=4, truncated="retry", max_model_len=4096):
+    roles = {r: RoleConfig(model="m", max_tokens=16) for r in ("responder", "critic", "reviser")}
+    cfg = RunnerConfig(seed=1, models={"m": ModelConfig(id="test/m", max_model_len=max_model_len)}, roles=roles,
+                       chunk_size=chunk_size, max_attempts=3, truncated=truncated)
+    return StoreRunner(cfg, RequestStore(tmp_path / "requests.sqlite"), lambda m: backend, {"m": "rev"})
+
+
+def inputs(n_personas=4, n_prompts=5):
+    personas = pd.DataFrame({"persona_id": [f"p{i}" for i in range(n_personas)],
+                             "persona": [f"Person {i}, who likes {i}." for i in range(n_personas)]})
+    prompts = pd.DataFrame({"prompt_id": [f"q{j}" for j in range(n_prompts)],
+                            "text": [f"Question {j}?" for j in range(n_prompts)]})
+    assignment = pd.DataFrame([{"pair_id": f"p{i}-q{j}", "persona_id": f"p{i}", "prompt_id": f"q{j}", "split": "train"}
+                               for i in range(n_personas) for j in range(n_prompts)])
+    return personas, prompts, assignment
+
+
+def test_a_pairs_next_request_goes_out_before_the_stage_ends(tmp_path):
+    backend = Backend()
+    result = build_pairs(*inputs(), runner(tmp_path, backend))
+    assert len(result.table) == 20 and not result.rejects
+    sent = [r.messages[0]["content"] for kind, r in backend.log if kind == "submit"]
+    role = ["reviser" if "REVISED PREFERENCE:" in s else "critic" if "SUGGESTIONS:" in s else "responder" for s in sent]
+    # streaming: revisions start while critiques are still being asked for
+    assert role.index("reviser") < len(role) - 1 - role[::-1].index("critic")
+    # and the persona-major order holds: the first persona's requests all go out before the last persona's
+    owner = [next(i for i in range(4) if f"Person {i}," in s) for s in sent if "Person" in s]
+    assert owner.index(3) > max(k for k, o in enumerate(owner) if o == 0) - 8
+
+
+def test_resume_answers_from_the_store_and_stores_nothing_twice(tmp_path):
+    first = build_pairs(*inputs(), runner(tmp_path, Backend()))
+    again = Backend()
+    second = build_pairs(*inputs(), runner(tmp_path, again))
+    assert again.log == [] and second.table.equals(first.table)
+    store = RequestStore(tmp_path / "requests.sqlite")
+    assert store.count() == 5 + 20 + 20  # one answer per prompt, one critique and one revision per pair
+
+
+def test_a_killed_loop_loses_only_its_uncommitted_answers(tmp_path):
+    class Dies(Backend):
+        def poll(self):
+            if sum(kind == "done" for kind, _ in self.log) >= 17:
+                raise KeyboardInterrupt  # the process dies here: nothing after this line runs
+            return super().poll()
+
+    dies = Dies()
+    with pytest.raises(KeyboardInterrupt):
+        build_pairs(*inputs(), runner(tmp_path, dies, chunk_size=4))
+    answered = sum(kind == "done" for kind, _ in dies.log)
+    kept = RequestStore(tmp_path / "requests.sqlite").count()
+    assert answered - 4 < kept <= answered  # less than one chunk (chunk_size answers) lost
+    resumed = Backend()
+    result = build_pairs(*inputs(), runner(tmp_path, resumed))
+    assert len(resumed.log) // 2 == 45 - kept  # only the rest is asked for
+    reference = build_pairs(*inputs(), runner(tmp_path / "ref", Backend()) if (tmp_path / "ref").mkdir() is None else None)
+    assert result.table.equals(reference.table)
+
+
+def test_a_truncated_answer_is_retried_with_a_larger_budget_then_rejected(tmp_path):
+    # answers stop at max_tokens until the budget reaches 64: 16 -> 32 -> 64 (same seed, continued)
+    backend = Backend(finish=lambda req: "stop" if req.max_tokens >= 64 else "length")
+    run = runner(tmp_path, backend)
+    out = run("responder", [build_ask("a")])["a"]
+    budgets = [r.max_tokens for kind, r in backend.log if kind == "submit"]
+    seeds = {r.seed for kind, r in backend.log if kind == "submit"}
+    assert out.ok and budgets == [16, 32, 64] and len(seeds) == 1 and out.attempts == 3
+
+    never = Backend(finish=lambda req: "length")
+    run = runner(tmp_path / "b", never) if (tmp_path / "b").mkdir() is None else None
+    out = run("responder", [build_ask("a")])["a"]
+    assert not out.ok and out.reason.startswith("truncated") and out.text
+    assert run.summary()["responder"]["rejects"] == {"truncated": 1}
+
+
+def test_the_budget_never_grows_past_the_models_context(tmp_path):
+    backend = Backend(finish=lambda req: "length")
+    run = runner(tmp_path, backend, max_model_len=30)  # 10 prompt tokens: room for 19
+    out = run("responder", [build_ask("a")])["a"]
+    budgets = [r.max_tokens for kind, r in backend.log if kind == "submit"]
+    assert budgets == [16, 19] and not out.ok and out.reason.startswith("truncated")
+
+
+def test_keep_truncated_keeps_and_counts_them(tmp_path):
+    run = runner(tmp_path, Backend(finish=lambda req: "length"), truncated="keep")
+    out = run("responder", [build_ask("a"), build_ask("b")])
+    assert all(o.ok for o in out.values())
+    assert run.summary()["responder"]["truncated_kept"] == 2
+
+
+def build_ask(key):
+    from generation.engine import Ask
+    return Ask(key=key, messages=[{"role": "user", "content": f"Say {key}."}])
+
+
+def _double():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from double import Double
+    return Double()
+
+
+def test_the_engine_double_never_mixes_with_real_answers(tmp_path):
+    real = runner(tmp_path, Backend())
+    real("responder", [build_ask("a")])
+    with pytest.raises(StoreError, match="holds real answers"):
+        runner(tmp_path, _double())("responder", [build_ask("b")])
+
+    rehearsal = runner(tmp_path / "r", _double()) if (tmp_path / "r").mkdir() is None else None
+    assert rehearsal("responder", [build_ask("a")])["a"].ok
+    with pytest.raises(StoreError, match="engine double"):
+        runner(tmp_path / "r", Backend())("responder", [build_ask("b")])
