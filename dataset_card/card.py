@@ -140,22 +140,29 @@ def loading(m: dict, local: str) -> str:
     revision = m.get("version") or "v1.0.0"
     pref_splits = ", ".join(s for s, _ in _ordered_splits(splits.get(DEFAULT_CONFIG, {})))
     lines = ["```python", "from datasets import load_dataset", "",
-             f'pairs = load_dataset("{local}", "{DEFAULT_CONFIG}")   # this build, from the folder it was built in; '
-             f"splits: {pref_splits}",
-             f'pairs = load_dataset("{repo_id}", "{DEFAULT_CONFIG}", revision="{revision}")   # a published release, pinned',
+             "# this build, from the folder it was built in (splits: " + pref_splits + ")",
+             f'pairs = load_dataset("{local}", "{DEFAULT_CONFIG}")',
+             "# a published release, pinned to its tag",
+             f'pairs = load_dataset("{repo_id}", "{DEFAULT_CONFIG}", revision="{revision}")',
              "```"]
     lengths = m.get("lengths", {})
+    reviser = m["models"].get("reviser", {}).get("id") or "<model>"
     if "dpo" in splits and lengths.get("dpo_max_length"):
         lines += ["", "DPO with [TRL](https://huggingface.co/docs/trl):", "", "```python",
                   "from datasets import load_dataset",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
                   "from trl import DPOConfig, DPOTrainer", "",
+                  f'model_id = "{reviser}"   # the tokenizer max_length was measured with',
+                  "model = AutoModelForCausalLM.from_pretrained(model_id)",
+                  "tokenizer = AutoTokenizer.from_pretrained(model_id)",
                   f'dpo = load_dataset("{local}", "dpo")',
                   f'args = DPOConfig(output_dir="dpo-persona", max_length={lengths["dpo_max_length"]})',
                   'trainer = DPOTrainer(model=model, args=args, train_dataset=dpo["train"], processing_class=tokenizer)',
                   "trainer.train()", "```", "",
                   f"`max_length={lengths['dpo_max_length']}` is the 99th percentile of prompt + longer answer over "
                   f"the pairs (longest: {_num(lengths.get('dpo_longest'))} tokens), so at most 1% of pairs are "
-                  f"truncated. Counted with the {lengths.get('dpo_length_basis', 'unknown')}."]
+                  f"truncated. Counted with the {lengths.get('dpo_length_basis', 'unknown')}; another model's "
+                  "tokenizer gives other counts."]
     lines += ["", "Each release is one commit with a tag; `manifest.json` lists every file with its size and "
               "SHA-256 (`SHA256SUMS` lists the same files plus `manifest.json`, for `sha256sum -c`)."]
     return "\n".join(lines)
@@ -257,9 +264,10 @@ def two_way(pairs: list[dict] | None) -> str:
     if not pairs:
         return ""
     worst = sorted(pairs, key=lambda p: (-p["tvd"], p["attributes"]))[:TWO_WAY_SHOWN]
-    return ("Marginals can match while combinations do not (e.g. old people under 16). The weighted TVD of "
-            f"the joint distribution of every pair of attributes ({len(pairs)} pairs, all in `manifest.json`), "
-            f"worst {len(worst)}:\n\n| attributes | joint TVD |\n|---|---:|\n"
+    return ("A sample can match every marginal and still combine attributes wrongly (e.g. too many young "
+            "people with high incomes). Weighted TVD of the joint distribution of each pair of attributes, "
+            f"measured like the marginals above; the worst {len(worst)} of {len(pairs)} pairs (all are in "
+            "`manifest.json`):\n\n| attributes | joint TVD |\n|---|---:|\n"
             + _rows([f"{p['attributes'][0]} × {p['attributes'][1]}", _share(p["tvd"])] for p in worst) + "\n")
 
 
@@ -433,7 +441,7 @@ def _num(x) -> str:
 
 
 def _minus(x) -> str:
-    return f"−{_num(x)}"
+    return f"−{_num(x)}" if x else _num(x)  # "−0" reads as a typo
 
 
 def _type(feature: dict) -> str:
