@@ -5,6 +5,7 @@ generates only the rest; the output folder is assembled in a staging folder and 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,16 +13,17 @@ import pandas as pd
 import pyarrow as pa
 from datasets import Features
 
-from generation import census, pairs, personas, prompts, sampling
+from generation import census, pairs, personas, prompts, sampling, stats
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import cache_dir
 from generation.names import PREFERENCES, SPLITS
+from generation.personas.attributes import LLM_ATTRIBUTES
 from generation.results import StageResult
 
 from . import folders
 from . import manifest as mf
-from .backends import backend_for_recipe, engine_settings, resolve_revisions, with_executor
+from .backends import backend_for_recipe, engine_settings, model_spec, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
 from .runner import REHEARSAL, RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
@@ -170,7 +172,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
                   for role in ROLES}
     prefs["rejected_model"] = model_name["responder"]
     prefs["chosen_model"] = model_name["reviser"]
-    prompt_out = prompt_stage.table.rename(columns={"pool": "split"})
+    prompt_out = prompt_stage.table  # its `pool` (train / heldout) is not a split of this config: keep the name
 
     stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
     rejects = _rejects_table(stages)
@@ -193,14 +195,18 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
                        "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling(),
                        "engine": engines[recipe.roles[role].model]}
                 for role in ROLES},
-        sources={"census": persona_stage.source, "prompts": prompt_stage.source},
+        sources={"census": {**persona_stage.source, **_files_digest(recipe, persona_stage.source)},
+                 "prompts": prompt_stage.source},
         counts=_counts(stages, assignment, run),
         rejects=_reject_counts(persona_stage, rejects),
         fidelity=census_fit["report"]["rows"],
-        lengths=pairs.length_report(prefs, p.length_control),
+        lengths={**pairs.length_report(prefs, p.length_control), **_dpo_lengths(dpo, recipe)},
         census_fidelity={k: v for k, v in census_fit["report"].items() if k != "rows"},
         state_shares=census_fit["state_shares"],
         description=recipe.description,
+        load_path=_load_path(out_dir),
+        diversity=_diversity(prefs, people),
+        examples=_examples(tables),
     )
     if store.flag(REHEARSAL):  # marked for publish and the card: placeholder texts, not a dataset
         fields["rehearsal"] = "engine double (bench/double.py): placeholder answers, not a dataset"
@@ -216,17 +222,87 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
 
 
 def _rejects_table(stages: dict[str, StageResult]) -> pd.DataFrame:
-    cols = ["stage", "id", "step", "reason", "raw"]
-    rows = [{"stage": name, **r} for name, stage in stages.items() for r in stage.rejects]
-    return pd.DataFrame(rows, columns=cols).astype(str).sort_values(cols[:3], kind="stable").reset_index(drop=True)
+    """One row per dropped persona, prompt or pair: `reasons` is a list (a persona can break several
+    rules), `raw` the model's text or None (never the string "None" / "null")."""
+    rows = []
+    for name, stage in stages.items():
+        for r in stage.rejects:
+            raw, reasons = r.get("raw"), [r["reason"]]
+            if name == "personas":  # the stage joins rule names with "," and keeps its detail as JSON
+                reasons = r["reason"].split(",")
+                raw = json.loads(raw) if raw is not None else None
+                raw = raw if raw is None or isinstance(raw, str) else json.dumps(raw, sort_keys=True)
+            rows.append({"stage": name, "id": str(r["id"]), "step": r["step"], "reasons": reasons,
+                         "raw": None if raw is None else str(raw)})
+    cols = ["stage", "id", "step", "reasons", "raw"]
+    return pd.DataFrame(rows, columns=cols).sort_values(cols[:3], kind="stable").reset_index(drop=True)
 
 
 def _reject_counts(persona_stage: StageResult, rejects: pd.DataFrame) -> dict:
     out = {"personas": persona_stage.counts["rejected"]}  # a persona breaking several rules counts under each
     for stage in ("prompts", "pairs"):
         part = rejects[rejects.stage == stage]
-        out[stage] = {f"{step}:{reason_category(reason)}": int(n) for (step, reason), n in
-                      part.groupby(["step", "reason"]).size().sort_index().items()}
+        keys = [f"{step}:{reason_category(reasons[0])}" for step, reasons in zip(part.step, part.reasons)]
+        out[stage] = dict(sorted(pd.Series(keys, dtype=object).value_counts().astype(int).items()))
+    return out
+
+
+# -------------------------------------------------------------------------- what the card shows
+
+def _load_path(out_dir: Path) -> str:
+    """What to pass to load_dataset from where the build ran: the --out folder as given when relative,
+    only its name when absolute (the manifest never records a path of the build machine)."""
+    return out_dir.name if out_dir.is_absolute() else out_dir.as_posix()
+
+
+def _files_digest(recipe: Recipe, census_source: dict) -> dict:
+    """One sha256 over the census files read from a local folder: of their `sha256sum` listing
+    ("<sha256>  <name>" lines, sorted by name), so it can be checked with standard tools."""
+    folder = Path(recipe.census.source)
+    files = census_source.get("files") or []
+    if not folder.is_dir() or not files:
+        return {}
+    listing = "".join(f"{mf.sha256_file(folder / f['file'])}  {f['file']}\n" for f in sorted(files, key=lambda f: f["file"]))
+    return {"files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def _dpo_lengths(dpo: pd.DataFrame, recipe: Recipe) -> dict:
+    """p99 of prompt + longer answer in the reviser's tokens (words x 1.3 when its tokenizer is not on disk)."""
+    m = recipe.model_for("reviser")
+    try:
+        from transformers import AutoTokenizer
+        spec, _ = model_spec(m)
+        tokenizer = AutoTokenizer.from_pretrained(spec.path, revision=spec.revision, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the approximation, which the card names
+        log.info(f"dpo lengths: no tokenizer for {m.id} ({type(e).__name__}); approximating tokens from words")
+        tokenizer = None
+    return stats.dpo_lengths(dpo[["prompt", "chosen", "rejected"]].to_dict("records"), tokenizer, m.id)
+
+
+def _diversity(prefs: pd.DataFrame, people: pd.DataFrame) -> dict:
+    enriched = [f for f in LLM_ATTRIBUTES if f in people.columns]
+    return {"chosen_per_prompt": stats.chosen_diversity(prefs.prompt_id.tolist(), prefs.chosen.tolist()),
+            "personas": int(len(people)),
+            "repeated_enriched": {f: stats.repeated_share(people[f].tolist()) for f in enriched}}
+
+
+EXAMPLE_CHARS = 400  # texts in the card's example rows are cut here
+
+
+def _examples(tables: dict[tuple[str, str], pd.DataFrame]) -> dict:
+    """The first row of each config (its first non-empty split), long texts cut, for the card."""
+    def cut(v):
+        if isinstance(v, str):
+            return v if len(v) <= EXAMPLE_CHARS else v[:EXAMPLE_CHARS].rstrip() + " …"
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if hasattr(v, "tolist") and not isinstance(v, (int, float)):
+            v = v.tolist()
+        return [cut(x) for x in v] if isinstance(v, list) else v
+    out = {}
+    for (config, _), df in tables.items():
+        if config not in out and not df.empty:
+            out[config] = {k: cut(v) for k, v in df.iloc[0].to_dict().items()}
     return out
 
 

@@ -3,7 +3,8 @@
 Every number in the card comes from the manifest, so the card cannot drift from the data. Manifest
 keys read here: name, version, demo, fingerprint, seed, models, versions, sources, counts, rejects,
 fidelity, lengths, splits, features, and optionally repo_id, license, pretty_name, description,
-census_fidelity.basis. `files` is not read (the card is itself one of the files).
+load_path, examples, diversity, census_fidelity (basis, tvd_2way, population_records). `files` is not
+read (the card is itself one of the files). Sections whose keys are missing are left out.
 
 `fidelity` rows: {"attribute", "category", "population_share", "sample_share"}; an attribute's TVD is
 computed from its rows (half the sum of absolute share differences).
@@ -21,14 +22,62 @@ DEFAULT_CONFIG = "preferences"
 # What each config holds; only configs present in the manifest are described.
 CONFIG_NOTES = {
     "preferences": "one row per persona × prompt pair: the persona, the question, the chosen and rejected "
-                   "answers and the critique that led from one to the other. `test_seen` and `test_unseen` "
-                   "are held out from `train`; the recipe in `manifest.json` defines exactly what each holds.",
-    "dpo": "the same pairs as conversational prompt / chosen / rejected messages (persona in the system "
-           "message), ready for DPO-style trainers.",
-    "personas": "one row per persona: census attributes and the LLM-written profile.",
-    "prompts": "the PRISM opening prompts kept, with their classification and split.",
-    "rejects": "what a stage dropped (personas, prompts, pairs), with the step and reason.",
+                   "answers and the critique that led from one to the other.",
+    "dpo": "the same pairs as TRL conversational `prompt` / `chosen` / `rejected` messages (persona in the "
+           "system message), for DPO-style trainers.",
+    "personas": "one row per persona: census attributes and the generated profile.",
+    "prompts": "the PRISM opening prompts kept after filtering and classification, with their topic and pool.",
+    "rejects": "every persona, prompt or pair a stage dropped, with the step, the reasons and the raw model output.",
 }
+SPLIT_NOTES = {
+    "train": "every persona, each with prompts from the train pool",
+    "test_seen": "the same personas, with other prompts of the train pool (prompts that other personas may "
+                 "have in `train`)",
+    "test_unseen": "the same personas, with prompts of the held-out pool (in no `train` row)",
+}
+PAIR_FIELDS = {
+    "pair_id": "stable id of the pair (hash of persona and prompt ids)",
+    "persona_id": "the persona (joins `personas`)",
+    "prompt_id": "the prompt (joins `prompts`)",
+    "split": "train, test_seen or test_unseen (as the split it is stored in)",
+    "persona": "the persona's profile as text, as the critic and reviser saw it",
+    "instruction": "the PRISM opening prompt",
+    "rejected": "the responder's answer, written without the persona",
+    "critique": "the critic's critique of `rejected` from the persona's point of view",
+    "chosen": "the reviser's rewrite of `rejected` for the persona",
+    "rejected_tokens": "tokens of `rejected` (the responder's tokenizer)",
+    "chosen_tokens": "tokens of `chosen` (the reviser's tokenizer)",
+    "rejected_model": "model id @ revision that wrote `rejected`",
+    "chosen_model": "model id @ revision that wrote `chosen`",
+    "prompt": "system message (the persona) + user message (the question)",
+}
+FIELD_NOTES = {
+    "preferences": PAIR_FIELDS,
+    "dpo": {**PAIR_FIELDS, "chosen": "one assistant message: the revised answer",
+            "rejected": "one assistant message: the answer written without the persona"},
+    "personas": {
+        "persona_id": "stable id of the persona (hash of its census record and the seed)", "source_serialno": "ACS PUMS housing unit (SERIALNO)",
+        "source_sporder": "person number within the housing unit (SPORDER)", "state": "US state",
+        "big_five_scores": "Big Five levels, drawn (seeded)", "defining_quirks": "drawn from a curated list (seeded)",
+        "mannerisms": "drawn from a curated list (seeded)", "core_values": "drawn from a curated list (seeded)",
+        "imputed_fields": "census fields imputed by hot-deck (CA/TX narrow files)",
+        "generated_fields": "census fields the census left empty and the persona_filler LLM wrote",
+        "persona": "the whole profile as text (what the critic and reviser see)",
+        "replacement_round": "0, or the round in which this persona replaced a rejected one",
+        **{f: "written by the persona_filler LLM" for f in
+           ("detailed_job_description", "personal_time", "lifestyle", "ideology", "political_views", "religion")},
+    },
+    "prompts": {"prompt_id": "stable id (hash of the normalised text)", "text": "the PRISM opening prompt",
+                "topic": "topic given by the prompt_classifier LLM",
+                "pool": "train (may appear in `train` / `test_seen`) or heldout (only in `test_unseen`)"},
+    "rejects": {"stage": "personas, prompts or pairs", "id": "persona_id, prompt_id or pair_id",
+                "step": "the step that dropped it (e.g. consistency, classify, critique)",
+                "reasons": "why: every rule broken or the parse error (a list)",
+                "raw": "the model's raw output, or null when no model was involved"},
+}
+CENSUS_FIELD = "census attribute (ACS PUMS, labelled)"
+EXAMPLE_CELL = 160  # characters of an example value shown in a structure table
+TWO_WAY_SHOWN = 8   # worst attribute pairs shown in the card (all are in manifest.json)
 # The Hub's size_categories buckets, by number of examples.
 SIZE_BUCKETS = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                 (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
@@ -38,8 +87,9 @@ def render_card(manifest: dict, plot_path: str | None = None) -> str:
     """README.md text: YAML header (configs, dataset_info, ...) then prose. Same manifest, same text."""
     m = manifest
     splits = m["splits"]
-    repo_id = m.get("repo_id") or f"<org>/{m['name']}"
     tvd = attribute_tvd(m["fidelity"])
+    lengths = m.get("lengths", {})
+    local = m.get("load_path") or m["name"]
     fields = {
         # sorted keys: the text must not depend on key order, which manifest.json (sorted) does not keep
         "header": yaml.safe_dump(card_header(m), sort_keys=True, allow_unicode=True, width=1000),
@@ -50,39 +100,212 @@ def render_card(manifest: dict, plot_path: str | None = None) -> str:
         "description": f"{m['description'].strip()}\n\n" if m.get("description") else "",
         "fingerprint": m["fingerprint"],
         "seed": m["seed"],
+        "loading": loading(m, local),
         "contents_table": _rows(
             [config, split, _num(info["rows"]), _num(info["bytes"]), _num(len(info["files"]))]
             for config in ordered_configs(splits) for split, info in _ordered_splits(splits[config])),
         "config_notes": "\n".join(
             f"- `{config}`{' (default)' if config == DEFAULT_CONFIG else ''}: {CONFIG_NOTES.get(config, 'see `dataset_info` in the metadata header.')}"
             for config in ordered_configs(splits)),
+        "split_notes": "\n".join(f"- `{s}`: {SPLIT_NOTES[s]}." for s, _ in _ordered_splits(splits.get(DEFAULT_CONFIG, {}))
+                                 if s in SPLIT_NOTES),
+        "structure": structure(m),
         "models_table": _rows(
             [role, _model_link(spec.get("id", "")), f"`{spec.get('revision')}`", spec.get("dtype", ""),
              spec.get("license", "see model page")]
             for role, spec in sorted(m["models"].items())),
-        "counts_table": _rows([key, _num(value)] for key, value in _flatten(m["counts"])),
-        "rejects_table": _rows(
-            [stage, reason, _num(count)]
-            for stage, reasons in sorted(m["rejects"].items()) for reason, count in sorted(reasons.items())),
+        "funnel": funnel(m),
         "versions_table": _rows([pkg, v or "not installed"] for pkg, v in sorted(m["versions"].items())),
-        "sources_table": _rows(
-            [source, key, _cell(value)]
-            for source, info in sorted(m["sources"].items())
-            for key, value in (_flatten(info) if isinstance(info, dict) else [("", info)])),
+        "sources_table": _rows(source_rows(m["sources"])),
         "plot": (f"![Population vs sample share per category]({plot_path})\n\n" if plot_path else ""),
         "fidelity_basis": _basis(m.get("census_fidelity", {}).get("basis", {})),
         "fidelity_table": _rows(
             [row["attribute"], row["category"], _share(row["population_share"]), _share(row["sample_share"]),
              _share(tvd[row["attribute"]])]
             for row in m["fidelity"]),
-        "lengths_table": _rows([key, _num(value)] for key, value in _flatten(m["lengths"])),
-        "local_path": m["name"],
-        "preference_splits": ", ".join(s for s, _ in _ordered_splits(splits.get(DEFAULT_CONFIG, {}))),
-        "repo_id": repo_id,
-        "revision": m.get("version") or "vX.Y.Z",
+        "two_way": two_way(m.get("census_fidelity", {}).get("tvd_2way")),
+        "diversity": diversity(m.get("diversity")),
+        "lengths_text": length_text(lengths),
+        "lengths_table": _rows([key, _num(value) if value is not None else "off"]
+                               for key, value in _flatten(lengths) if not key.startswith("dpo_")),
         "license": m.get("license", "cc-by-4.0"),
     }
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(fields)
+
+
+def loading(m: dict, local: str) -> str:
+    """The load lines: this build from where it was built, the pinned Hub release, and DPO with TRL."""
+    splits = m["splits"]
+    repo_id = m.get("repo_id") or "<org>/persona"
+    revision = m.get("version") or "v1.0.0"
+    pref_splits = ", ".join(s for s, _ in _ordered_splits(splits.get(DEFAULT_CONFIG, {})))
+    lines = ["```python", "from datasets import load_dataset", "",
+             "# this build, from the folder it was built in (splits: " + pref_splits + ")",
+             f'pairs = load_dataset("{local}", "{DEFAULT_CONFIG}")',
+             "# a published release, pinned to its tag",
+             f'pairs = load_dataset("{repo_id}", "{DEFAULT_CONFIG}", revision="{revision}")',
+             "```"]
+    lengths = m.get("lengths", {})
+    reviser = m["models"].get("reviser", {}).get("id") or "<model>"
+    if "dpo" in splits and lengths.get("dpo_max_length"):
+        lines += ["", "DPO with [TRL](https://huggingface.co/docs/trl):", "", "```python",
+                  "from datasets import load_dataset",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  "from trl import DPOConfig, DPOTrainer", "",
+                  f'model_id = "{reviser}"   # the tokenizer max_length was measured with',
+                  "model = AutoModelForCausalLM.from_pretrained(model_id)",
+                  "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+                  f'dpo = load_dataset("{local}", "dpo")',
+                  f'args = DPOConfig(output_dir="dpo-persona", max_length={lengths["dpo_max_length"]})',
+                  'trainer = DPOTrainer(model=model, args=args, train_dataset=dpo["train"], processing_class=tokenizer)',
+                  "trainer.train()", "```", "",
+                  f"`max_length={lengths['dpo_max_length']}` is the 99th percentile of prompt + longer answer over "
+                  f"the pairs (longest: {_num(lengths.get('dpo_longest'))} tokens), so at most 1% of pairs are "
+                  f"truncated. Counted with the {lengths.get('dpo_length_basis', 'unknown')}; another model's "
+                  "tokenizer gives other counts."]
+    lines += ["", "Each release is one commit with a tag; `manifest.json` lists every file with its size and "
+              "SHA-256 (`SHA256SUMS` lists the same files plus `manifest.json`, for `sha256sum -c`)."]
+    return "\n".join(lines)
+
+
+def structure(m: dict) -> str:
+    """Per config: each field with its type, meaning and the value in the config's first row."""
+    out = []
+    examples = m.get("examples", {})
+    for config in ordered_configs(m["splits"]):
+        features = m["features"].get(config, [])
+        example = examples.get(config, {})
+        notes = FIELD_NOTES.get(config, {})
+        out += [f"### `{config}`", "", "| field | type | meaning | example (first row) |", "|---|---|---|---|"]
+        for f in features:
+            meaning = notes.get(f["name"], CENSUS_FIELD if config == "personas" else "")
+            shown = _example(example.get(f["name"])) if example else ""
+            out.append(_rows([[f"`{f['name']}`", _type(f), meaning, shown]]))
+        out.append("")
+    return "\n".join(out)
+
+
+def funnel(m: dict) -> str:
+    """The build read top to bottom: every stage's input, what it dropped and why, what it kept."""
+    c, rejects = m.get("counts", {}), m.get("rejects", {})
+    out = []
+    if "personas_drawn" in c:
+        by_rule = rejects.get("personas", {})
+        rows = [["census records eligible", _num(m.get("census_fidelity", {}).get("population_records"))],
+                ["drawn (PPS by person weight, replacements included)", _num(c["personas_drawn"])],
+                ["rejected (rules, enrichment or judge)", _minus(c["personas_rejected"])]]
+        rows += [[f"&nbsp;&nbsp;&nbsp;&nbsp;breaking `{rule}`", _num(n)] for rule, n in sorted(by_rule.items())]
+        rows += [["**personas**", f"**{_num(c['personas'])}**"]]
+        out += ["**Personas**", "", "| step | count |", "|---|---:|", _rows(rows), ""]
+        if sum(by_rule.values()) != c["personas_rejected"]:
+            out += [f"A persona breaking several rules is listed under each: the rule rows sum to "
+                    f"{_num(sum(by_rule.values()))} for {_num(c['personas_rejected'])} rejected personas.", ""]
+    pr = c.get("prompts", {})
+    if {"filter", "classify", "split"} <= set(pr):
+        f, k, sp = pr["filter"], pr["classify"], pr["split"]
+        rows = [["PRISM opening prompts", _num(f["input"])], ["no question mark", _minus(f["no_question_mark"])],
+                ["too short (under 5 words)", _minus(f["too_short"])], ["too long", _minus(f["too_long"])],
+                ["passed the rules", _num(f["passed_rules"])], ["exact duplicates", _minus(f["duplicates_exact"])],
+                ["duplicates after normalising", _minus(f["duplicates_normalised"])],
+                ["after dedup", _num(f["after_dedup"])],
+                ["sent to the classifier" + (" (a seeded sample: `classify_limit`)" if k.get("classify_limit") else ""),
+                 _num(k["classified"])],
+                ["classifier answer unusable", _minus(k["classifier_rejects"])],
+                ["not controversial", _minus(k["not_controversial"])],
+                ["**controversial: kept**", f"**{_num(k['controversial'])}**"],
+                ["&nbsp;&nbsp;&nbsp;&nbsp;train pool", _num(sp["train"])],
+                ["&nbsp;&nbsp;&nbsp;&nbsp;held-out pool", _num(sp["heldout"])]]
+        out += ["**Prompts**", "", "| step | count |", "|---|---:|", _rows(rows), ""]
+    made = c.get("pairs", {})
+    if "assignment" in c and isinstance(made, dict):
+        pair_rejects = rejects.get("pairs", {})
+        rows = [["assigned (persona × prompt)", _num(c["assignment"]["pairs"])]]
+        rows += [[f"rejected at `{key.split(':', 1)[0]}`: {key.split(':', 1)[-1]}", _minus(n)]
+                 for key, n in sorted(pair_rejects.items())]
+        rows += [["**pairs made**", f"**{_num(sum(made.values()))}**"]]
+        rows += [[f"&nbsp;&nbsp;&nbsp;&nbsp;{s}", _num(n)] for s, n in _ordered_splits(made)]
+        out += ["**Pairs**", "", "| step | count |", "|---|---:|", _rows(rows), ""]
+    req = c.get("requests", {})
+    if req:
+        rows = [[role, _num(r.get("requests")), _num(r.get("ok")), _num(sum(r.get("rejects", {}).values())),
+                 _num(r.get("prompt_tokens")), _num(r.get("output_tokens"))] for role, r in sorted(req.items())]
+        out += ["**Model requests**", "", "| role | requests | ok | rejected | prompt tokens | output tokens |",
+                "|---|---:|---:|---:|---:|---:|", _rows(rows), ""]
+    return "\n".join(out) or "(no counts recorded)\n"
+
+
+def source_rows(sources: dict) -> list[list[str]]:
+    """[source, item, rows, sha256] rows. A list of files (the census's 51 state files) is ONE row: how
+    many, their rows, and one digest over their listing (names, rows) in manifest.json."""
+    rows = []
+    for source, info in sorted(sources.items()):
+        if not isinstance(info, dict):
+            rows.append([source, _cell(info), "", ""])
+            continue
+        files = info.get("files") if isinstance(info.get("files"), list) else []
+        shas = {k.removesuffix("sha256").rstrip("_"): v for k, v in info.items() if k.endswith("sha256")}
+        for key, value in sorted(info.items()):
+            if key == "files" or key == "rows" or key.endswith("sha256"):
+                continue
+            sha = shas.pop(key, None) or (shas.pop("", None) if key == "file" else None)
+            count = _num(info["rows"]) if key == "file" and "rows" in info else ""
+            rows.append([source, f"{key}: `{_cell(value)}`", count, f"`{sha}`" if sha else ""])
+        if files:  # files_sha256: the sha256 of their `sha256sum` listing (see builder/pipeline.py)
+            digest = shas.pop("files", None)
+            narrow = sum(bool(f.get("narrow")) for f in files)
+            rows.append([source, f"{len(files)} Parquet files" + (f" ({narrow} narrow: CA, TX)" if narrow else ""),
+                         _num(sum(f.get("rows", 0) for f in files)),
+                         f"`{digest}` (of their sha256sum listing)" if digest else "listed in manifest.json"])
+        rows += [[source, f"{name or 'file'}", "", f"`{sha}`"] for name, sha in sorted(shas.items())]
+    return rows
+
+
+def two_way(pairs: list[dict] | None) -> str:
+    if not pairs:
+        return ""
+    worst = sorted(pairs, key=lambda p: (-p["tvd"], p["attributes"]))[:TWO_WAY_SHOWN]
+    return ("A sample can match every marginal and still combine attributes wrongly (e.g. too many young "
+            "people with high incomes). Weighted TVD of the joint distribution of each pair of attributes, "
+            f"measured like the marginals above; the worst {len(worst)} of {len(pairs)} pairs (all are in "
+            "`manifest.json`):\n\n| attributes | joint TVD |\n|---|---:|\n"
+            + _rows([f"{p['attributes'][0]} × {p['attributes'][1]}", _share(p["tvd"])] for p in worst) + "\n")
+
+
+def diversity(d: dict | None) -> str:
+    if not d:
+        return ""
+    c = d.get("chosen_per_prompt", {})
+    out = ["## Diversity", ""]
+    if c.get("prompts"):
+        out += [f"Chosen answers to the same prompt for different personas: over the {_num(c['prompts'])} prompts "
+                f"answered for two or more personas, distinct chosen texts / pairs is "
+                f"{_share(c['mean_distinct_share'])} on average and {_share(c['min_distinct_share'])} at the "
+                "lowest (1 = every persona got its own answer).", ""]
+    rep = d.get("repeated_enriched", {})
+    if rep:
+        out += [f"Enriched persona fields repeated verbatim by another persona (share of the "
+                f"{_num(d.get('personas'))} personas; `ideology`, `political_views` and `religion` are picked "
+                "from closed lists, so repeats are expected there):", "",
+                "| field | share repeated |", "|---|---:|",
+                _rows([f"`{k}`", "n/a" if v is None else _share(v)] for k, v in sorted(rep.items())), ""]
+    return "\n".join(out) + "\n"
+
+
+def length_text(lengths: dict) -> str:
+    """The length-confound sentence follows this build's own numbers."""
+    shorter, ratio = lengths.get("share_chosen_shorter"), lengths.get("median_chosen_over_rejected")
+    if shorter is None or ratio is None:
+        return ("A revised answer can differ in length from the original, so \"chosen\" may be predictable from "
+                "length alone.")
+    if shorter > 0.5:
+        side, share = "shorter", shorter
+    else:
+        side, share = "longer", 1 - shorter
+    return (f"In this build the chosen answer is {side} than the rejected one in {share:.0%} of pairs (median "
+            f"ratio chosen / rejected {ratio:.2f}), so \"chosen\" can be predicted from length alone: a model "
+            f"trained on these pairs may learn to prefer {side} answers rather than answers that fit the "
+            f"persona. Report length-controlled results. Length control while revising: "
+            f"{'off' if lengths.get('length_control') is None else lengths['length_control']}.")
 
 
 def card_header(m: dict) -> dict:
@@ -215,6 +438,30 @@ def _num(x) -> str:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return _cell(x)
     return f"{x:,}" if isinstance(x, int) else f"{x:,.4f}"
+
+
+def _minus(x) -> str:
+    return f"−{_num(x)}" if x else _num(x)  # "−0" reads as a typo
+
+
+def _type(feature: dict) -> str:
+    if "dtype" in feature:
+        return feature["dtype"]
+    inner = feature.get("list")
+    if isinstance(inner, list):
+        return "list of {" + ", ".join(f"{f['name']}: {_type(f)}" for f in inner) + "}"
+    return f"list of {inner}" if isinstance(inner, str) else "struct"
+
+
+def _example(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, list) and v and all(isinstance(x, dict) and "role" in x for x in v):
+        v = " / ".join(f"{x['role']}: {x.get('content', '')}" for x in v)
+    elif isinstance(v, list):
+        v = ", ".join(map(str, v)) or "(empty)"
+    text = " ".join(str(v).split())
+    return text if len(text) <= EXAMPLE_CELL else text[:EXAMPLE_CELL].rstrip() + " …"
 
 
 def _share(x: float) -> str:

@@ -3,6 +3,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,15 +28,16 @@ def test_same_recipe_twice_gives_identical_bytes(built):
 def test_load_dataset_by_name_from_the_parent_folder(built):
     tmp, _ = built
     manifest = json.loads((tmp / "a" / "persona" / "manifest.json").read_text())
+    configs = sorted(manifest["splits"])  # every config the build wrote, `rejects` too when it has rows
     code = ("import json, datasets\n"
             "out = {c: {s: d.num_rows for s, d in datasets.load_dataset('persona', c).items()}"
-            " for c in ('preferences', 'personas', 'prompts', 'dpo')}\n"
+            f" for c in {configs!r}}}\n"
             "print(json.dumps(out))\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp / "a", env=env(HF_DATASETS_CACHE=tmp / "hfcache"),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     loaded = json.loads(p.stdout.strip().splitlines()[-1])
-    for config in ("preferences", "personas", "prompts", "dpo"):
+    for config in configs:
         want = {s: v["rows"] for s, v in manifest["splits"][config].items()}
         assert loaded[config] == want, config
     assert set(loaded["preferences"]) == {"train", "test_seen", "test_unseen"}
@@ -74,6 +76,20 @@ def test_card_validates_and_matches_manifest(built):
     for split in infos["preferences"]["splits"]:
         assert split["num_examples"] == manifest["splits"]["preferences"][split["name"]]["rows"]
     assert "demonstration" in card.text.lower()
+    # the load line names the output folder (absolute --out: its name), never a path of this machine
+    assert 'load_dataset("persona", "preferences")' in card.text and manifest["load_path"] == "persona"
+    assert isinstance(manifest["lengths"]["dpo_max_length"], int) and manifest["lengths"]["dpo_max_length"] > 0
+    assert f"max_length={manifest['lengths']['dpo_max_length']})" in card.text
+    # the recipe is kept verbatim (this test's recipe names absolute paths); nothing else may
+    recorded = json.dumps({k: v for k, v in manifest.items() if k != "recipe"})
+    for text in (folder.joinpath("README.md").read_text(), recorded):
+        for local in {str(tmp), str(Path.home()), str(Path.cwd()), str(ROOT)}:
+            assert local not in text
+    prompts = {f["name"] for f in manifest["features"]["prompts"]}
+    assert "pool" in prompts and "split" not in prompts
+    if "rejects" in manifest["features"]:
+        assert {"name": "reasons", "list": "string"} in manifest["features"]["rejects"]
+    assert len(manifest["census_fidelity"]["tvd_2way"]) == 36
 
 
 def test_kill_9_during_pair_generation_then_resume(built, tmp_path):

@@ -343,3 +343,31 @@ def test_real_draw_more(real, paper_sample):
     more = draw_more(real, 25, PAPER_SEED, 1, paper_sample["person_id"])
     assert len(more) == 25 and not set(more["person_id"]) & set(paper_sample["person_id"])
     assert more.loc[more["narrow"], list(WIDE)].notna().any(axis=1).all()
+
+
+def test_two_way_tvd_on_a_hand_made_frame():
+    # four people (weights 1, 1, 2, 4) and a sample of the first boy and the old woman:
+    # joint sex x age population (M,0-17) 1/8, (M,30-44) 1/8, (F,0-17) 2/8, (F,65+) 4/8; sample 1/2, 1/2
+    from generation.census.readers import CensusFrame
+    people = pd.DataFrame({"SERIALNO": ["a", "b", "c", "d"], "SPORDER": [1, 1, 1, 1], "SEX": [1, 1, 2, 2],
+                           "AGEP": [10, 40, 10, 70], "PWGTP": [1, 1, 2, 4], "RAC1P": 1, "HISP": 1, "SCHL": 16,
+                           "STATE": 53, "PINCP": 0, "ESR": 1, "CIT": 1, "DIS": 2, "narrow": False})
+    r = fidelity_report(CensusFrame(people, None, []), people.iloc[[0, 3]])
+    two_way = {tuple(p["attributes"]): p["tvd"] for p in r["tvd_2way"]}
+    assert len(two_way) == len(FIDELITY) * (len(FIDELITY) - 1) // 2
+    assert two_way[("sex", "age_band")] == pytest.approx(0.375)   # 0.5 * (3/8 + 1/8 + 2/8 + 0)
+    assert r["tvd"]["sex"] == pytest.approx(0.25) and r["tvd"]["age_band"] == pytest.approx(0.125)
+    assert two_way[("sex", "region")] == pytest.approx(0.25)      # one region: the joint is the sex marginal
+
+
+def test_two_way_population_sums_to_the_marginals_with_narrow_files(frame):
+    # CA/TX people lack income and employment: their joint shares come from donor cells, and must
+    # still add up to the one-way shares (both orders, one or both attributes imputed)
+    from generation.sampling import _eligible, _population_counts
+    rows = _eligible(frame, 0, None)
+    for a, b in [("age_band", "income_band"), ("income_band", "sex"), ("income_band", "employment_status")]:
+        joint, expected = _population_counts(frame, rows, [a, b])
+        assert expected
+        joint = joint.reshape(len(FIDELITY[a][0]), len(FIDELITY[b][0]))
+        assert np.allclose(joint.sum(axis=1), _population_counts(frame, rows, [a])[0])
+        assert np.allclose(joint.sum(axis=0), _population_counts(frame, rows, [b])[0])
