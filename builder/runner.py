@@ -229,8 +229,9 @@ class _Loop:
         self.seq += 1
         heapq.heappush(self.queued[self.r.cfg.roles[p.need.role].model], (flow, self.seq, p))
 
-    def outcome(self, need: Need, s: Stored) -> Outcome:
-        value = (need.parse or _text)(s.text) if s.ok else None
+    def outcome(self, need: Need, s: Stored, value: Any = None) -> Outcome:
+        if s.ok and value is None:  # a stored answer: parse it again (parsing is deterministic)
+            value = (need.parse or _text)(s.text)
         return Outcome(key=need.ask.key, ok=s.ok, value=value, text=s.text, reason=s.reason, attempts=s.attempts,
                        prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens)
 
@@ -271,7 +272,7 @@ class _Loop:
         need, req = p.need, p.request
         model = self.r.cfg.model_for(need.role)
         self.out_tokens += res.output_tokens
-        reason, retry = None, None
+        reason, retry, value = None, None, None
         if res.finish_reason == PROMPT_TOO_LONG:  # another seed cannot fix this: no retry
             reason = f"prompt_too_long: {res.prompt_tokens} tokens do not fit max_model_len"
         elif res.finish_reason == "length" and self.r.cfg.truncated == "retry":
@@ -282,7 +283,7 @@ class _Loop:
                 retry = dataclasses.replace(req, max_tokens=bigger)  # same seed: the same start, continued
         else:
             try:
-                (need.parse or _text)(res.text)
+                value = (need.parse or _text)(res.text)
             except ValueError as e:
                 reason = (str(e).strip() or type(e).__name__)[:300]
                 retry = dataclasses.replace(req, seed=derive_seed(self.first_seed(need), "retry", p.attempt + 1))
@@ -293,7 +294,7 @@ class _Loop:
                    res.prompt_tokens, res.output_tokens, res.cached_tokens, res.finish_reason)
         self.buffer[s.request_id] = s
         self.account(s)
-        out = self.outcome(need, s)
+        out = self.outcome(need, s, value)
         self.ready.extend((i, out) for i in self.waiting.pop(req.id))
         self.bar.set_postfix_str(f"{self.out_tokens / max(time.monotonic() - self.t0, 1e-9):,.0f} out tok/s",
                                  refresh=False)
