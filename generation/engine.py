@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .log import show_library_output
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -166,7 +168,8 @@ class Engine:
         from vllm import LLM  # heavy import, only when a model is really needed
 
         t0 = time.perf_counter()
-        self.llm = LLM(model=spec.path, **self.args)
+        # vLLM's weight-loading bar only with --verbose (generation.log routes vLLM's output)
+        self.llm = LLM(model=spec.path, use_tqdm_on_load=show_library_output(), **self.args)
         self.startup_s = time.perf_counter() - t0
 
     def sampling_params(self, req: ChatRequest):
@@ -204,8 +207,9 @@ class Engine:
         outs = self.llm.chat(
             [r.messages for r in batch],
             [self.sampling_params(r) for r in batch],
-            # vLLM's bar divides by its elapsed time, which TQDM_DISABLE leaves at zero
-            use_tqdm=progress and not os.environ.get("TQDM_DISABLE"),
+            # vLLM's bar divides by its elapsed time, which TQDM_DISABLE leaves at zero; the build
+            # draws its own bar per stage, so vLLM's bars ("Processed prompts", ...) only with --verbose
+            use_tqdm=progress and show_library_output() and not os.environ.get("TQDM_DISABLE"),
         )
         for i, req, out in zip(order, batch, outs):
             c = out.outputs[0]
