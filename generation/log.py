@@ -53,11 +53,12 @@ def route_library_logs(path: Path | None) -> None:
     """Send vLLM's log lines, Python warnings and torch / transformers log lines to the file `path`
     (appended), or show them on stderr when `path` is None (--verbose). Call before vLLM starts an
     engine: vLLM applies its own logging config (a handler on stdout) at engine start unless
-    VLLM_CONFIGURE_LOGGING=0, so that is set here, except when the user gave vLLM a logging config."""
+    VLLM_CONFIGURE_LOGGING=0, so that is set here, except when the user set up vLLM's logging
+    (VLLM_LOGGING_CONFIG_PATH, or VLLM_CONFIGURE_LOGGING=1)."""
     global _show_library_output
     _show_library_output = path is None
     handler = _handler(path)
-    if not os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+    if not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and os.environ.get("VLLM_CONFIGURE_LOGGING", "0") == "0":
         os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
         _route("vllm", handler, os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper(), replace_all=True)
     if path is None:  # Python warnings and torch / transformers print on stderr by themselves
