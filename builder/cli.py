@@ -33,16 +33,19 @@ class Persona:
     """
 
     def build(self, recipe: str = "configs/cpu.toml", out: str | None = None, work: str | None = None,
-              executor: str | None = None, address: str | None = None, replicas: int | None = None):
+              executor: str | None = None, address: str | None = None, replicas: int | None = None,
+              verbose: bool = False):
         """Build the dataset described by RECIPE into OUT (default: the recipe's output.dir, "persona").
 
         Resumable: model answers are kept in WORK (default .persona-work/); rerun the same command
         after a crash and only what is missing is generated.
         --executor local|ray, --address RAY_ADDRESS and --replicas N override the recipe's [executor]
         table (e.g. --executor ray --address auto on a `ray start` cluster); the dataset is the same.
+        vLLM's own log lines go to WORK/<recipe name>/vllm.log; --verbose shows them (and vLLM's
+        progress bars, torch's warnings) on stderr instead.
         """
         from .pipeline import build
-        build(recipe, out, work, executor=executor, address=address, replicas=replicas)
+        build(recipe, out, work, executor=executor, address=address, replicas=replicas, verbose=verbose)
 
     def plan(self, recipe: str = "configs/cpu.toml", measured: str | None = None, gpu: str = "H100",
              tokens_per_s: float | None = None, json: bool = False):
@@ -98,7 +101,7 @@ class Persona:
              splits: str = "test_seen,test_unseen", pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,
              probe_personas: int = 4, probe_questions: int = 1, probe_mode: str = "output_only",
              attributes: str | None = None, temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 256,
-             out: str = "eval", work: str = ".persona-work"):
+             out: str = "eval", work: str = ".persona-work", verbose: bool = False):
         """Score a model on PERSONA: pairwise preference prediction, generative personalisation judged
         by --judge, and the leave-one-out attribute probe. Writes eval/<model>@<revision>/<data>/report.json,
         report.md, report.png and items.jsonl; resumable (answers are stored in WORK).
@@ -111,6 +114,7 @@ class Persona:
         --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
         items for the probe, over --attributes (comma list; default all 33).
         Compare finished reports: persona eval --compare eval/A@REV/v1.0.0 eval/B@REV/v1.0.0
+        vLLM's own log lines go to WORK/eval/vllm.log; --verbose shows them on stderr instead.
         """
         from .evaluate import Settings, run_eval
         from .evaluate import compare as compare_reports
@@ -132,7 +136,7 @@ class Persona:
                  sampling={"temperature": float(temperature), "top_p": float(top_p), "max_tokens": int(max_tokens)},
                  model_options={"revision": model_revision, "judge_revision": judge_revision, "dtype": dtype,
                                 "max_model_len": int(max_model_len), "kv_cache_gib": kv_cache_gib},
-                 out=str(out), work=str(work))
+                 out=str(out), work=str(work), verbose=bool(verbose))
 
     def versions(self, repo: str):
         """List the published versions (tags) of --repo ORG/NAME, oldest first."""

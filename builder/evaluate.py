@@ -22,7 +22,7 @@ import pandas as pd
 from generation import evaluation as ev
 from generation.errors import PersonaError
 from generation.ids import canonical, sha256_file
-from generation.log import log
+from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir
 from generation.names import PREFERENCES as CONFIG
 from generation.names import SMOLLM2, TEST_SPLITS
@@ -429,7 +429,7 @@ def compare(paths: list[str]) -> str:
 def run_eval(data: str = "persona", repo: str | None = None, revision: str | None = None,
              model: str = SMOLLM2, judge: str | None = None, settings: Settings = Settings(),
              sampling: dict | None = None, model_options: dict | None = None, out: str = "eval",
-             work: str = ".persona-work", cache: Path | None = None) -> Path:
+             work: str = ".persona-work", cache: Path | None = None, verbose: bool = False) -> Path:
     if repo:
         if not revision:
             raise EvalError(f"--repo {repo} needs --revision (a published version such as v1.0.0): "
@@ -443,10 +443,13 @@ def run_eval(data: str = "persona", repo: str | None = None, revision: str | Non
     sampling = sampling or {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
     work_dir = Path(work).expanduser() / "eval"
     with folders.exclusive(work_dir / "eval.lock", f"eval work folder {work_dir}"):  # one writer per store
+        route_library_logs(None if verbose else work_dir / "vllm.log")
         report, rows = evaluate(src, subject, judge_cfg, settings, work_dir, sampling)
     folder = write_report(report, rows, report_folder(Path(out), report, src.label))
     print(markdown(report))
     log.info(f"eval report: {folder}/report.json (+ report.md, report.png, items.jsonl)")
+    if not show_library_output():
+        log.info(f"vLLM's log: {work_dir / 'vllm.log'}")
     return folder
 
 

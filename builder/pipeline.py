@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from datasets import Features
 
 from generation import census, pairs, personas, prompts, sampling, stats
 from generation.errors import PersonaError
-from generation.log import log
+from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir
 from generation.names import PREFERENCES, SPLITS
 from generation.personas.attributes import LLM_ATTRIBUTES
@@ -118,7 +119,10 @@ def _jsonable(obj):
 # ------------------------------------------------------------------------------------------- build
 
 def build(recipe_path: str, out: str | None = None, work: str | None = None, backend_for=None,
-          executor: str | None = None, address: str | None = None, replicas: int | None = None) -> dict:
+          executor: str | None = None, address: str | None = None, replicas: int | None = None,
+          verbose: bool = False) -> dict:
+    """VERBOSE shows vLLM's (and torch's, ...) own output on stderr; otherwise it goes to
+    <work>/<recipe name>/vllm.log, which the final summary names."""
     recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
     out_dir = Path(out or recipe.output.dir).expanduser()
     work_dir = folders.work_folder(work or recipe.output.work_dir, recipe.name)
@@ -130,10 +134,21 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, bac
         with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):
             for stale in folders.remove_stale_staging(out_dir):
                 log.info(f"removed {stale}, left by an interrupted build")
+            route_library_logs(None if verbose else work_dir / VLLM_LOG)
             return _build(recipe, out_dir, work_dir, backend_for)
 
 
+VLLM_LOG = "vllm.log"  # in the work folder, appended by every build of the recipe
+
+
+def _shown(path: Path) -> str:
+    """PATH relative to the current directory when it lies inside it (what a user would type), else absolute."""
+    path = path.absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
+    started = time.monotonic()
     cache = cache_dir()
     log.info(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
@@ -215,9 +230,13 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     if problems:  # a bug of ours or a disk that lies; the staging folder is left for inspection
         raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
     folders.swap_in(staging, out_dir)
-    log.info(f"done: {out_dir}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
-        f"{len(prefs):,} pairs, {len(people)} personas, {len(prompt_out)} prompts); verified against manifest.json")
-    log.info(f'load it with: load_dataset("{out_dir}", "{PREFERENCES}")')
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    log.info(f"done in {minutes}m{seconds:02d}s: {len(prefs):,} pairs, {len(rejects):,} rejects ({len(people)} personas, "
+             f"{len(prompt_out)} prompts) in {_shown(out_dir)}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
+             "verified against manifest.json)")
+    if not show_library_output():
+        log.info(f"vLLM's log: {_shown(work_dir / VLLM_LOG)}")
+    log.info(f'load it with: load_dataset("{_shown(out_dir)}", "{PREFERENCES}")')
     return manifest
 
 

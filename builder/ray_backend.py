@@ -26,7 +26,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from generation.engine import ChatRequest, Engine, ModelSpec, Result, prefix_key
-from generation.log import log
+from generation.log import log, show_library_output
 
 
 def say(msg: str) -> None:
@@ -39,10 +39,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # the replicas' vLLM lines stay in Ray's session logs unless --verbose
+    quiet = dict(logging_level="warning", log_to_driver=show_library_output())
     if address:
-        ray.init(address=address, logging_level="warning")
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 @ray.remote

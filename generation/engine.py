@@ -23,6 +23,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from .log import show_library_output
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -248,7 +250,8 @@ class Engine:
         from vllm import LLM  # heavy import, only when a model is really needed
 
         t0 = time.perf_counter()
-        self.llm = LLM(model=spec.path, **self.args)
+        # vLLM's weight-loading bar only with --verbose (generation.log routes vLLM's output)
+        self.llm = LLM(model=spec.path, use_tqdm_on_load=show_library_output(), **self.args)
         self.running: dict[str, str] = {}  # vLLM's request id -> ours
         self.done: list[Result] = []
         self.startup_s = time.perf_counter() - t0

@@ -3,8 +3,11 @@ stderr. stdout is left for what a command returns (verify's findings, a dry run'
 tqdm draws progress bars."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger("persona")
 
@@ -32,3 +35,74 @@ def setup(level: int = logging.INFO) -> None:
 
 
 setup()  # persona is an application: its messages read the same from the CLI, a script or a test
+
+
+# ------------------------------------------------------------------------------ other libraries' output
+
+_ROUTED = "persona_route"        # marks the handlers route_library_logs adds, so a second call replaces them
+_show_library_output = True      # until a command routes them, libraries print as they always do
+
+
+def show_library_output() -> bool:
+    """Whether vLLM may draw its own progress bars and Ray may forward its workers' output: true with
+    --verbose, or when no command routed the libraries' output (a script, a test)."""
+    return _show_library_output
+
+
+def route_library_logs(path: Path | None) -> None:
+    """Send vLLM's log lines, Python warnings and torch / transformers log lines to the file `path`
+    (appended), or show them on stderr when `path` is None (--verbose). Call before vLLM starts an
+    engine: vLLM applies its own logging config (a handler on stdout) at engine start unless
+    VLLM_CONFIGURE_LOGGING=0, so that is set here, except when the user set up vLLM's logging
+    (VLLM_LOGGING_CONFIG_PATH, or VLLM_CONFIGURE_LOGGING=1)."""
+    global _show_library_output
+    _show_library_output = path is None
+    handler = _handler(path)
+    if not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and os.environ.get("VLLM_CONFIGURE_LOGGING", "0") == "0":
+        os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
+        _route("vllm", handler, os.environ.get("VLLM_LOGGING_LEVEL", "INFO").upper(), replace_all=True)
+    if path is None:  # Python warnings and torch / transformers print on stderr by themselves
+        logging.captureWarnings(False)
+        for name in ("py.warnings", "transformers", *(n for n in logging.root.manager.loggerDict if n.startswith("torch"))):
+            _route(name, None)
+        return
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"  # torch's C++ warnings (read when torch loads)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger
+    _route("py.warnings", handler, logging.WARNING)
+    if importlib.util.find_spec("torch"):
+        import torch  # noqa: F401  (torch gives its loggers stderr handlers at import: replace them now)
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if (name == "torch" or name.startswith("torch.")) and getattr(logger, "handlers", None):
+                _route(name, handler, replace_all=True)
+    if importlib.util.find_spec("transformers"):
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_default_handler()
+        _route("transformers", handler, logging.WARNING)
+
+
+def _handler(path: Path | None) -> logging.Handler:
+    if path is None:
+        handler = _Stderr()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s", "%m-%d %H:%M:%S"))
+    setattr(handler, _ROUTED, True)
+    return handler
+
+
+def _route(name: str, handler: logging.Handler | None, level: int | str | None = None,
+           replace_all: bool = False) -> None:
+    """Give logger `name` only `handler` (None: only its own handlers, as before any routing)."""
+    logger = logging.getLogger(name)
+    for old in list(logger.handlers):
+        if replace_all or getattr(old, _ROUTED, False):
+            logger.removeHandler(old)
+            old.close()
+    if handler is None:
+        logger.propagate = True  # to the root logger, which prints warnings on stderr
+    else:
+        logger.addHandler(handler)
+        if level is not None:
+            logger.setLevel(level)
+        logger.propagate = False

