@@ -86,7 +86,13 @@ def server_info(m: ModelConfig) -> dict:
 def backend_settings(m: ModelConfig) -> dict:
     """The manifest's record of where a model ran: {"engine": vLLM settings and device} in this process,
     {"server": what the server reports} for a model on a server."""
-    return {"server": server_info(m)} if m.server else {"engine": engine_settings(m)}
+    if not m.server:
+        return {"engine": engine_settings(m)}
+    info = dict(server_info(m))
+    root = info["root"] or ""
+    if os.path.isabs(root) or root.startswith("~"):  # a folder of the server's machine: its name only
+        info["root"] = ".../" + os.path.basename(root.rstrip("/"))
+    return {"server": info}
 
 
 class ExecutorError(PersonaError, ValueError):

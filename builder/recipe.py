@@ -333,7 +333,7 @@ def _validate_server(key: str, m: ModelConfig) -> None:
         where = f"{key}.server" + (f"[{i}]" if isinstance(m.server, list) else "")
         try:
             u = urllib.parse.urlsplit(url)
-            u.port  # raises on a port that is not a number in range
+            _ = u.port  # raises on a port that is not a number in range
         except ValueError as e:
             raise RecipeError(f"{where}: not a URL ({e})") from None
         if u.username is not None or u.password is not None:

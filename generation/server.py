@@ -13,6 +13,7 @@ start it with `serve_command(spec)`.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import json
 import re
 import sys
@@ -102,7 +103,7 @@ class ServerBackend:
             if e.code == 400 and TOO_LONG.search(detail):
                 return {"too_long": detail}
             raise ServerError(f"{url}: HTTP {e.code}: {detail}") from None
-        except (OSError, ValueError) as e:  # refused, reset, timed out, a cut-off or garbled answer
+        except (OSError, ValueError, http.client.HTTPException) as e:  # refused, reset, timed out, cut off, garbled
             raise _Retry(self.redact(str(getattr(e, "reason", None) or e) or type(e).__name__)) from None
 
     def call(self, path: str, body: dict | None = None, first: int = 0) -> tuple[str, dict]:
