@@ -70,6 +70,10 @@ class Scripted(http.server.ThreadingHTTPServer):
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self):  # /v1/models, as vLLM answers it
+                outer.seen.append((self.path, self.headers.get("Authorization")))
+                self._send(200, {"data": [{"id": "test/model", "root": "org/weights", "max_model_len": 64}]})
+
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 auth = self.headers.get("Authorization")
@@ -152,6 +156,26 @@ def test_connection_refused_is_retried_until_the_bound():
     with pytest.raises(ServerError, match="no answer within timeout_s = 1 s"):
         client(url, timeout_s=1.0).check()
     assert time.monotonic() - t0 >= 1.0
+
+
+def test_a_server_model_without_revision_is_reported_unpinned(tmp_path, shared_data, capsys, monkeypatch):
+    from builder.backends import backend_settings, resolve_revisions
+    from builder.recipe import load_recipe
+    srv = Scripted([(200, completion())])
+    monkeypatch.setenv("PERSONA_TEST_KEY", KEY)
+    path = write_recipe(tmp_path / "r.toml", edited(recipe_data(tmp_path, max_model_len=64), {
+        "models.m.path": None, "models.m.server": srv.url, "models.m.api_key_env": "PERSONA_TEST_KEY"}))
+    try:
+        recipe = load_recipe(path)
+        assert resolve_revisions(recipe) == {"m": None}
+        assert backend_settings(recipe.models["m"]) == {
+            "server": {"id": "test/model", "root": "org/weights", "max_model_len": 64}}
+    finally:
+        srv.shutdown()
+    assert srv.seen == [("/v1/models", f"Bearer {KEY}")]  # checked once, with the key from the environment
+    err = capsys.readouterr().err
+    assert f"model test/model is unpinned and its current commit is unknown (served by {srv.url}, whose " \
+           "/v1/models reports no revision)" in err and 'revision = "<commit>" under [models.m]' in err
 
 
 # ------------------------------------------------------------------------------------ recipe checks
@@ -278,6 +302,7 @@ def no_answer_twice(work: Path) -> int:
         return c.execute("SELECT count(*) FROM results").fetchone()[0]
 
 
+@pytest.mark.slow
 def test_build_through_the_server_killed_and_resumed_equals_the_in_process_build(server, reference, tmp_path):
     recipe = server_recipe(tmp_path / "recipe.toml", reference, server.url)
     out, work = tmp_path / "persona", tmp_path / "work"
@@ -293,6 +318,7 @@ def test_build_through_the_server_killed_and_resumed_equals_the_in_process_build
     assert served["revision"].startswith("sha256:")
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_build_and_restarted_only_delays_it(server, reference, tmp_path):
     recipe = server_recipe(tmp_path / "recipe.toml", reference, server.url)
     out, work = tmp_path / "persona", tmp_path / "work"
@@ -311,12 +337,14 @@ def test_a_server_killed_mid_build_and_restarted_only_delays_it(server, referenc
     no_answer_twice(work)
 
 
+@pytest.mark.slow
 def test_a_server_serving_another_model_is_refused_in_one_line(server, reference, tmp_path):
     recipe = server_recipe(tmp_path / "recipe.toml", reference, server.url, id="other/model")
     line = one_line_error(build(recipe, tmp_path / "persona", tmp_path / "work"))
     assert f"{server.url}: serves test/model, not the recipe's model 'other/model'" in line
 
 
+@pytest.mark.slow
 def test_no_server_at_start_is_one_line(reference, tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     recipe = server_recipe(tmp_path / "recipe.toml", reference, url, timeout_s=1.0)
