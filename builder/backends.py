@@ -69,7 +69,8 @@ def server_backend(m: ModelConfig) -> ServerBackend:
     """One client per server model for the process, checked once (GET /models) when first made."""
     key = m.api_key_env
     if key is not None and not os.environ.get(key):
-        raise ServerError(f"api_key_env: the environment variable {key} (the API key of {m.servers[0]}) is not set")
+        raise ServerError(f"model {m.id}: api_key_env names {key}, which is not set in the environment "
+                          f"(the API key for {m.servers[0]})")
     spec = ServerSpec(urls=m.servers, model=m.id, api_key=os.environ[key] if key else None, timeout_s=m.timeout_s)
     if spec not in _SERVERS:
         backend = ServerBackend(spec)

@@ -13,6 +13,7 @@ start it with `serve_command(spec)`.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import http.client
 import json
 import re
@@ -20,7 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from dataclasses import dataclass, field
 
 from .engine import PROMPT_TOO_LONG, ChatRequest, ModelSpec, Result, engine_args, generate_all
@@ -106,12 +106,12 @@ class ServerBackend:
         except (OSError, ValueError, http.client.HTTPException) as e:  # refused, reset, timed out, cut off, garbled
             raise _Retry(self.redact(str(getattr(e, "reason", None) or e) or type(e).__name__)) from None
 
-    def call(self, path: str, body: dict | None = None, first: int = 0) -> tuple[str, dict]:
-        """`_call` on the servers from `first` on, rotating on failure, with exponential backoff, until one
-        answers or `timeout_s` has passed since the first failure; (base URL, answer)."""
+    def call(self, path: str, body: dict | None = None, first: int = 0, rotate: bool = True) -> tuple[str, dict]:
+        """`_call` on the servers from `first` on (rotating on failure unless not `rotate`), with exponential
+        backoff, until one answers or `timeout_s` has passed since the first failure; (base URL, answer)."""
         urls, deadline, wait, tries = self.spec.urls, None, 0.25, 0
         while True:
-            base = urls[(first + tries) % len(urls)]
+            base = urls[(first + tries * rotate) % len(urls)]
             try:
                 return base, self._call(base + path, body, self.spec.timeout_s)
             except _Retry as e:
@@ -129,7 +129,7 @@ class ServerBackend:
         reports about the model ({"id", "root", "max_model_len"}); vLLM reports no revision."""
         found = None
         for i, base in enumerate(self.spec.urls):
-            _, answer = self.call("/models", first=i)
+            _, answer = self.call("/models", first=i, rotate=False)
             cards = {c.get("id"): c for c in answer.get("data", []) if isinstance(c, dict)}
             if self.spec.model not in cards:
                 raise ServerError(f"{base}: serves {', '.join(map(str, cards)) or 'no model'}, not the recipe's "
@@ -152,7 +152,9 @@ class ServerBackend:
 
     def one(self, req: ChatRequest) -> Result:
         # the same leading messages -> the same first server (its prefix cache holds them)
-        first = zlib.crc32(json.dumps(req.messages[:-1], sort_keys=True).encode()) % len(self.spec.urls)
+        # (sha256, not crc32: crc32's low bits stay put when prompts differ in one character)
+        lead = hashlib.sha256(json.dumps(req.messages[:-1], sort_keys=True).encode()).digest()
+        first = int.from_bytes(lead[:8], "big") % len(self.spec.urls)
         base, answer = self.call("/chat/completions", self.body(req), first)
         if "too_long" in answer:
             return Result(id=req.id, text="", prompt_tokens=self.prompt_tokens(base, req, answer["too_long"]),

@@ -178,6 +178,26 @@ def test_a_server_model_without_revision_is_reported_unpinned(tmp_path, shared_d
            "/v1/models reports no revision)" in err and 'revision = "<commit>" under [models.m]' in err
 
 
+def test_requests_are_spread_over_servers_and_a_dead_one_is_passed_over():
+    a, b = Scripted([(200, completion("a"))]), Scripted([(200, completion("b"))])
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    reqs = [ChatRequest(id=f"r{i}", messages=[{"role": "system", "content": f"persona {i}"},
+                                              {"role": "user", "content": "hi"}], seed=i) for i in range(8)]
+    try:
+        both = ServerBackend(ServerSpec(urls=(a.url, b.url), model="test/model", timeout_s=5.0))
+        assert both.check()["root"] == "org/weights"
+        texts = [r.text for r in both.generate(reqs)]
+        assert set(texts) == {"a", "b"}  # each persona's requests go to one server, both get some
+        assert [r.text for r in both.generate(reqs)] == texts  # the same persona, the same server
+        with_dead = ServerBackend(ServerSpec(urls=(dead, a.url), model="test/model", timeout_s=1.0))
+        assert {r.text for r in with_dead.generate(reqs)} == {"a"}  # requests meant for the dead one move on
+        with pytest.raises(ServerError, match=f"{dead}/models: no answer within"):
+            with_dead.check()  # but start-up checks every server
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
 # ------------------------------------------------------------------------------------ recipe checks
 
 def recipe_error(tmp_path, changes: dict) -> str:
