@@ -6,7 +6,8 @@ Benchmarks, each in its own process (their output is shown as they print it):
 1. bench_pairs.py    pair generation on the CPU recipe's model vs bare vLLM; prefix-cache share
 2. bench_builder.py  the dataset writer vs pyarrow.parquet.write_table on 317,200 synthetic pairs
 3. bench_sampling.py census read + sample of the paper's 1,586 personas from 3.42 M records
-4. bench_ray.py      the Ray executor vs the local engine (only if the file exists)
+4. bench_server.py   output tokens/s through a vLLM server vs the in-process engine, same requests
+5. bench_ray.py      the Ray executor vs the local engine (only if the file exists)
 then a paper-scale projection of GPU-hours from the measured tokens per request.
 
 A missed target is printed as MISSED and listed at the end; the exit code is 1 only when a
@@ -187,6 +188,7 @@ def main() -> int:
         plan.append(("census sampling (bench_sampling.py)", [PY, BENCH / "bench_sampling.py", "--census", CENSUS]))
     else:
         skipped.append(f"bench_sampling.py: census folder {CENSUS} is absent (set PERSONA_SHARED_DATA)")
+    plan.append(("vLLM server backend (bench_server.py)", [PY, BENCH / "bench_server.py"]))
     if (BENCH / "bench_ray.py").is_file():
         plan.append(("Ray executor (bench_ray.py)", [PY, BENCH / "bench_ray.py"]))
     else:

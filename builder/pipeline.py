@@ -24,7 +24,7 @@ from generation.results import StageResult
 
 from . import folders
 from . import manifest as mf
-from .backends import backend_for_recipe, engine_settings, model_spec, resolve_revisions, with_executor
+from .backends import backend_for_recipe, backend_settings, model_spec, resolve_revisions, with_executor
 from .recipe import ROLES, Recipe, load_recipe
 from .runner import REHEARSAL, RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
@@ -202,13 +202,13 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     log.info(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
     folders.unmark(staging)
-    engines = {name: engine_settings(m) for name, m in recipe.models.items()}  # once per model, not per role
+    engines = {name: backend_settings(m) for name, m in recipe.models.items()}  # once per model, not per role
     fields = dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
         models={role: {"id": recipe.model_for(role).id, "revision": revisions[recipe.roles[role].model],
                        "dtype": recipe.model_for(role).dtype, "license": recipe.model_for(role).license,
                        "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling(),
-                       "engine": engines[recipe.roles[role].model]}
+                       **engines[recipe.roles[role].model]}
                 for role in ROLES},
         sources={"census": {**persona_stage.source, **_files_digest(recipe, persona_stage.source)},
                  "prompts": prompt_stage.source},

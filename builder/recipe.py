@@ -9,6 +9,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,17 @@ class ModelConfig:
     max_num_batched_tokens: int | None = None
     license: str | None = None
     why: str | None = None           # one-line justification, shown in the card
+    # an OpenAI-compatible server (`vllm serve`, started with generation.server.serve_command) instead of
+    # an engine in this process; a list spreads the requests over several
+    server: str | list[str] | None = None
+    api_key_env: str | None = None   # the environment variable holding the server's API key (never the key)
+    timeout_s: float = 600.0         # a server request retried for this long before the build stops
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The server base URLs, without a trailing slash; () for an in-process engine."""
+        urls = [self.server] if isinstance(self.server, str) else self.server or []
+        return tuple(u.rstrip("/") for u in urls)
 
 
 @dataclass(frozen=True)
@@ -298,6 +310,7 @@ def _validate_models(r: Recipe) -> None:
         _need(m.max_num_batched_tokens is None or m.max_num_batched_tokens >= floor, f"{key}.max_num_batched_tokens",
               f">= {floor}" + ("" if m.enable_chunked_prefill else " (max_model_len, without chunked prefill)"),
               m.max_num_batched_tokens)
+        _validate_server(key, m)
     for role, rc in r.roles.items():
         key = f"roles.{role}"
         if rc.model not in r.models:
@@ -308,6 +321,39 @@ def _validate_models(r: Recipe) -> None:
         # the prompt needs at least one token of the context too
         _need(1 <= rc.max_tokens < limit, f"{key}.max_tokens",
               f"in [1, {limit}) (models.{rc.model}.max_model_len = {limit})", rc.max_tokens)
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+
+
+def _validate_server(key: str, m: ModelConfig) -> None:
+    """Server URLs and the API key's variable, at read time. Neither error repeats a value that may be
+    a secret: only the scheme and host of a URL with credentials, never a key-looking api_key_env."""
+    if m.server is None:
+        _need(m.api_key_env is None, f"{key}.api_key_env", "unset without server", m.api_key_env)
+        return
+    _need(bool(m.servers), f"{key}.server", "a URL or a non-empty list of URLs", m.server)
+    for i, url in enumerate(m.servers):
+        where = f"{key}.server" + (f"[{i}]" if isinstance(m.server, list) else "")
+        try:
+            u = urllib.parse.urlsplit(url)
+            _ = u.port  # raises on a port that is not a number in range
+        except ValueError as e:
+            raise RecipeError(f"{where}: not a URL ({e})") from None
+        if u.username is not None or u.password is not None:
+            raise RecipeError(f"{where}: {u.scheme}://{u.hostname}: no credentials in the URL; put the key in an "
+                              f"environment variable and name it in {key}.api_key_env")
+        _need(u.scheme in ("http", "https"), where, "an http:// or https:// URL, e.g. http://host:8000/v1", url)
+        _need(bool(u.hostname), where, "a URL with a host, e.g. http://host:8000/v1", url)
+        _need(not u.query and not u.fragment, where, "a base URL without ?query or #fragment", url)
+    _need(len(set(m.servers)) == len(m.servers), f"{key}.server", "distinct URLs", m.server)
+    if m.prepare is not None or m.path is not None:
+        raise RecipeError(f"{key}.{'path' if m.path is not None else 'prepare'}: a model with server is loaded by "
+                          f"the server; remove it (README: 'Models on a server' says how to start one)")
+    if m.api_key_env is not None and not _ENV_NAME.fullmatch(m.api_key_env):
+        raise RecipeError(f"{key}.api_key_env: must name an environment variable (e.g. VLLM_API_KEY: capitals, "
+                          f"digits, '_'), not hold the key itself; the value is not shown here")
+    _need(_finite(m.timeout_s) and m.timeout_s > 0, f"{key}.timeout_s", "> 0 seconds", m.timeout_s)
 
 
 def _validate_census(c: CensusConfig) -> None:
