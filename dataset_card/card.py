@@ -227,10 +227,18 @@ def funnel(m: dict) -> str:
         out += ["**Pairs**", "", "| step | count |", "|---|---:|", _rows(rows), ""]
     req = c.get("requests", {})
     if req:
+        # truncated: answers that stopped at max_tokens even after a larger budget (rejected), and those a
+        # recipe with output.truncated = "keep" kept as they were
         rows = [[role, _num(r.get("requests")), _num(r.get("ok")), _num(sum(r.get("rejects", {}).values())),
-                 _num(r.get("prompt_tokens")), _num(r.get("output_tokens"))] for role, r in sorted(req.items())]
-        out += ["**Model requests**", "", "| role | requests | ok | rejected | prompt tokens | output tokens |",
-                "|---|---:|---:|---:|---:|---:|", _rows(rows), ""]
+                 _num(r.get("rejects", {}).get("truncated", 0)), _num(r.get("truncated_kept", 0)),
+                 _num(r.get("retries", 0)), _num(r.get("prompt_tokens")), _num(r.get("output_tokens"))]
+                for role, r in sorted(req.items())]
+        out += ["**Model requests**", "", "| role | requests | ok | rejected | of which truncated | truncated, kept "
+                "| retries | prompt tokens | output tokens |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|", _rows(rows), "",
+                "An answer that stopped at `max_tokens` is asked again with a larger budget; one still cut off is "
+                "rejected as truncated (never used as a chosen or rejected text) unless the recipe says "
+                "`output.truncated = \"keep\"`. Retries: extra attempts after an unusable or cut-off answer.", ""]
     return "\n".join(out) or "(no counts recorded)\n"
 
 

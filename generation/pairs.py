@@ -163,6 +163,8 @@ def parse_critique(text: str) -> dict:
     structured variant's JSON object."""
     if text.lstrip().startswith("{"):
         obj = _json_object(text, ("evaluation", "suggestions"))
+        for part in (obj["evaluation"], obj["suggestions"]):
+            check_debris(part, "critique")
         return {"evaluation": obj["evaluation"], "suggestions": obj["suggestions"]}
     ev, su = _EVALUATION.search(text), _SUGGESTIONS.search(text)
     if ev is None:
@@ -178,6 +180,8 @@ def parse_critique(text: str) -> dict:
         raise ValueError("empty EVALUATION")
     if not suggestions:
         raise ValueError("empty SUGGESTIONS")
+    for part in (evaluation, suggestions):
+        check_debris(part, "critique")
     return {"evaluation": evaluation, "suggestions": suggestions}
 
 
@@ -190,13 +194,15 @@ def parse_revision(text: str) -> str:
     """`REVISED PREFERENCE: ...` -> the revised answer (header case-insensitive, markdown tolerated),
     or the structured variant's JSON object."""
     if text.lstrip().startswith("{"):
-        return _json_object(text, ("revised_preference",))["revised_preference"]
-    m = _REVISED.search(text)
-    if m is None:
-        raise ValueError("missing REVISED PREFERENCE")
-    answer = _clean(text[m.end():])
-    if not answer:
-        raise ValueError("empty REVISED PREFERENCE")
+        answer = _json_object(text, ("revised_preference",))["revised_preference"]
+    else:
+        m = _REVISED.search(text)
+        if m is None:
+            raise ValueError("missing REVISED PREFERENCE")
+        answer = _clean(text[m.end():])
+        if not answer:
+            raise ValueError("empty REVISED PREFERENCE")
+    check_debris(answer, "revision")
     return answer
 
 
@@ -214,6 +220,22 @@ def _json_object(text: str, keys: tuple[str, ...]) -> dict:
             raise ValueError(f"empty {k.upper()}")
         out[k] = v.strip()
     return out
+
+
+# Text that is the prompt's scaffolding, not an answer: unfilled template fields, chat-template tokens,
+# and our own distinctive section headers echoed back. Kept narrow: "{{", "Note:" or "Answer:" occur in
+# real answers (code, FAQs), so they are not debris.
+_DEBRIS = re.compile(r"\{\{\{|\}\}\}|\{(?:content|persona|question|answer|critique|rejected|chosen)\}"
+                     r"|<\|[a-z_]+\|>|\[/?INST\]")
+_LEAKED = {"critique": _header(r"(?:PERSONA|CRITIQUE|REVISED[ \t]+PREFERENCE)"),
+           "revision": _header(r"(?:PERSONA|CRITIQUE|EVALUATION|SUGGESTIONS?|REVISED[ \t]+PREFERENCE)")}
+
+
+def check_debris(text: str, kind: str) -> None:
+    """ValueError("template_debris: ...") when `text` holds template debris (a counted, retried reject)."""
+    m = _DEBRIS.search(text) or _LEAKED[kind].search(text)
+    if m:
+        raise ValueError(f"template_debris: {m.group(0).strip()[:40]!r}")
 
 
 def parse_answer(text: str) -> str:

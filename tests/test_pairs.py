@@ -261,3 +261,43 @@ def test_to_dpo_puts_the_persona_in_the_prompt():
                         {"role": "user", "content": "Why?"}]
     assert r.chosen == [{"role": "assistant", "content": "Well, because."}]
     assert r.rejected == [{"role": "assistant", "content": "Because."}]
+
+
+@pytest.mark.parametrize("text", [
+    "REVISED PREFERENCE: Sure! {content}",
+    "REVISED PREFERENCE: Here you go {{{ persona }}}",
+    "REVISED PREFERENCE: Fine.<|im_start|>assistant",
+    "REVISED PREFERENCE: Fine.\nEVALUATION: the answer was good",
+    "REVISED PREFERENCE: Fine.\n**CRITIQUE:** more",
+    '{"revised_preference": "[INST] answer"}',
+])
+def test_template_debris_in_a_revision_is_a_counted_reason(text):
+    with pytest.raises(ValueError, match="template_debris"):
+        parse_revision(text)
+
+
+@pytest.mark.parametrize("text", [
+    "REVISED PREFERENCE: Use {{ name }} in the Jinja template.\nNote: restart the server.",
+    "REVISED PREFERENCE: Question: why? Answer: because.",
+])
+def test_ordinary_braces_and_notes_are_not_debris(text):
+    assert parse_revision(text)
+
+
+def test_debris_in_a_critique_is_rejected_after_retries():
+    from generation.pairs import parse_critique
+    with pytest.raises(ValueError, match="template_debris"):
+        parse_critique("EVALUATION: ok {persona}\nSUGGESTIONS: more")
+    with pytest.raises(ValueError, match="template_debris"):
+        parse_critique("EVALUATION: ok\nSUGGESTIONS: more\nREVISED PREFERENCE: a rewrite")
+
+
+def test_a_revision_with_debris_becomes_a_counted_reject():
+    personas, prompts, assignment = _inputs()
+    texts = {"responder": "An answer.", "critic": "EVALUATION: fine\nSUGGESTIONS: warmer",
+             "reviser": "REVISED PREFERENCE: A warmer answer. {content}"}
+    run = ScriptedRun(lambda role, ask, attempt: texts[role])
+    result = build_pairs(personas, prompts, assignment, run)
+    assert result.table.empty and len(result.rejects) == len(assignment)
+    assert {r["step"] for r in result.rejects} == {"chosen"}
+    assert all(r["reason"].startswith("template_debris") and "{content}" in r["raw"] for r in result.rejects)
