@@ -3,6 +3,7 @@ the role's model, answers what the store already holds, sends the rest to a Back
 chunks, retries unusable outputs with a new derived seed, and records rejects with their raw text."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import time
@@ -184,6 +185,11 @@ class _Loop:
                 elif not self.ready and self.admitted == len(self.flows):
                     break
             self.commit()
+        except Exception:
+            # a backend that gave up (a server gone for good): the answers already checked are valid, keep them
+            with contextlib.suppress(Exception):
+                self.commit()
+            raise
         finally:
             self.bar.close()
         return self.results

@@ -160,3 +160,19 @@ def test_the_engine_double_never_mixes_with_real_answers(tmp_path):
     assert rehearsal("responder", [build_ask("a")])["a"].ok
     with pytest.raises(StoreError, match="engine double"):
         runner(tmp_path / "r", Backend())("responder", [build_ask("b")])
+
+
+def test_answers_before_a_backend_failure_are_kept(tmp_path):
+    from generation.errors import PersonaError
+
+    class GivesUp(Backend):
+        def poll(self):
+            if sum(kind == "done" for kind, _ in self.log) >= 7:
+                raise PersonaError("the server is gone")
+            return super().poll()
+
+    backend = GivesUp()
+    with pytest.raises(PersonaError):
+        build_pairs(*inputs(), runner(tmp_path, backend, chunk_size=100))
+    answered = sum(kind == "done" for kind, _ in backend.log)
+    assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
