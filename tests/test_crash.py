@@ -15,6 +15,7 @@ request id, not by recipe), so only what a case changes is generated again.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -161,7 +162,8 @@ def test_disk_full_is_one_line_then_a_rerun_completes(reference, tmp_path, where
 
     line = one_line_error(build(recipe, out, work, PERSONA_FAULT=f"enospc_{where}"))
     if where == "store":
-        assert line.startswith(f"persona: error: request store {store}: could not write a chunk of 2 results:")
+        # one or both missing answers in the commit that fails: commits go by count or by time when streaming
+        assert re.match(rf"persona: error: request store {re.escape(str(store))}: could not write a chunk of [12] results:", line)
         assert line.endswith("database or disk is full")
     else:
         assert "No space left on device" in line and f"{out.with_name('persona.partial')}-" in line
