@@ -155,10 +155,12 @@ def results_json(tmp: Path, hours: float | None, info: dict, started) -> list[di
     rows = json.loads((tmp / "rehearsal.json").read_text()) if (tmp / "rehearsal.json").is_file() else []
     if (tmp / "tenth.json").is_file():
         t = json.loads((tmp / "tenth.json").read_text())
+        run = f"{t['pairs']:,} pairs ({t['pairs_made']:,} made) on {t['model']}"
         rows += [{"name": "engine_feed_ratio", "value": round(t["ratio"], 3), "unit": "x", "target": 0.95,
-                  "met": t["ratio"] >= 0.95},
+                  "met": t["ratio"] >= 0.95, "note": f"whole pair stage vs bare all-at-once vLLM, {run}"},
                  {"name": "prefix_cache_vs_optimal", "value": round(t["prefix_vs_optimal"], 3), "unit": "x",
-                  "target": 0.95, "met": t["prefix_vs_optimal"] >= 0.95}]
+                  "target": 0.95, "met": t["prefix_vs_optimal"] >= 0.95,
+                  "note": f"cached prompt tokens / the order-optimal share in whole KV blocks, {run}"}]
     if (tmp / "pairs.json").is_file():
         t = json.loads((tmp / "pairs.json").read_text())
         rows.append({"name": "engine_feed_ratio_smollm2", "value": round(t["ratio"], 3), "unit": "x", "target": 0.95,

@@ -228,8 +228,9 @@ def test_funnel_adds_up_and_equals_the_manifest(card_text):
     assert {step: n for step, n in pairs[-3:]} == c["pairs"]
 
     requests = {r[0]: [num(x) for x in r[1:]] for r in table(card_text, "| role | requests")}
-    assert requests == {role: [r["requests"], r["ok"], sum(r["rejects"].values()), r["prompt_tokens"],
-                               r["output_tokens"]] for role, r in c["requests"].items()}
+    assert requests == {role: [r["requests"], r["ok"], sum(r["rejects"].values()), r["rejects"].get("truncated", 0),
+                               r.get("truncated_kept", 0), r.get("retries", 0), r["prompt_tokens"], r["output_tokens"]]
+                        for role, r in c["requests"].items()}
     assert "| count | value" not in card_text  # the flattened dump is gone
 
 
