@@ -86,9 +86,9 @@ class StoreRunner:
         from neighbouring records (a stage orders its records so that neighbours share a prompt prefix)."""
         return _Loop(self, flows, desc).run()
 
-    def request(self, need: Need) -> ChatRequest:
+    def request(self, need: Need, attempt: int = 0) -> ChatRequest:
         role = need.role
-        return request_for(self.cfg, role, need.ask, self.revisions.get(self.cfg.roles[role].model))
+        return request_for(self.cfg, role, need.ask, self.revisions.get(self.cfg.roles[role].model), attempt)
 
     def backend(self, model: str) -> Backend:
         # only one model has requests out at a time (see _Loop.send); letting go of the others lets
@@ -292,7 +292,8 @@ class _Loop:
                 value = (need.parse or _text)(res.text)
             except ValueError as e:
                 reason = (str(e).strip() or type(e).__name__)[:300]
-                retry = dataclasses.replace(req, seed=derive_seed(self.first_seed(need), "retry", p.attempt + 1))
+                # the next attempt's seed, keeping a budget a truncation retry may have raised
+                retry = dataclasses.replace(self.r.request(need, p.attempt + 1), max_tokens=req.max_tokens)
         if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.max_attempts:
             self.queue(_Pending(need, retry, p.attempt + 1), min(self.waiting[req.id]))
             return
@@ -304,9 +305,6 @@ class _Loop:
         self.ready.extend((i, out) for i in self.waiting.pop(req.id))
         self.bar.set_postfix_str(f"{self.out_tokens / max(time.monotonic() - self.t0, 1e-9):,.0f} out tok/s",
                                  refresh=False)
-
-    def first_seed(self, need: Need) -> int:
-        return self.r.request(need).seed
 
     def commit(self) -> None:
         if self.buffer:
