@@ -4,8 +4,8 @@ How a model call flows (the types are below; the runner is builder/runner.py):
 
     stage (generation/*)           builder.runner.StoreRunner                  Backend
     Ask(key, messages, schema) --> ChatRequest(id, messages, seed, sampling) --> Result(text, tokens,
-                                   id = hash(role, model@revision, messages,       finish_reason)
-                                        sampling, schema, seed)                      |
+                                   id = hash(role, model@revision, engine,         finish_reason)
+                                        messages, sampling, schema, seed)            |
                                                                                      v
     Outcome(key, ok, value) <----- Stored (RequestStore: id -> final text or reject) <-- parse(text),
                                    asking again answers from here                      retried with a
