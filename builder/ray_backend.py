@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from generation.engine import ChatRequest, Engine, ModelSpec, Result, prefix_key
+from generation.engine import ChatRequest, Engine, ModelSpec, Result, engine_env, prefix_key, vllm_version
+from generation.errors import PersonaError
 from generation.log import log, show_library_output
+
+
+class ReplicaError(PersonaError, RuntimeError):
+    """A replica whose engine would not answer like this process's (another vLLM)."""
 
 
 def say(msg: str) -> None:
@@ -54,8 +59,8 @@ class Replica:
     def __init__(self, spec: ModelSpec):
         self.engine = Engine(spec)
 
-    def ready(self) -> tuple[str, int]:
-        return ray.get_runtime_context().get_node_id(), os.getpid()
+    def ready(self) -> tuple[str, int, str | None]:
+        return ray.get_runtime_context().get_node_id(), os.getpid(), vllm_version()
 
     def generate(self, requests: list[ChatRequest]) -> list[Result]:
         return self.engine.generate(requests)
@@ -119,25 +124,43 @@ class RayPool:
         except BaseException:
             self._kill(slots)
             raise
-        for s, (_, pid) in zip(slots, up):
-            s.pid = pid
+        try:
+            for s, (_, pid, version) in zip(slots, up):
+                self._check_version(s, version)
+                s.pid = pid
+        except ReplicaError:
+            self._kill(slots)
+            raise
         self.live = slots
         atexit.register(self.close)  # runs before ray's own shutdown hook (registered earlier)
-        say(f"{replicas} replica(s) of {spec.path} up on {len({n for n, _ in up})} node(s), each with {self._needs()}")
+        say(f"{replicas} replica(s) of {spec.path} up on {len({u[0] for u in up})} node(s), each with {self._needs()}")
 
     @staticmethod
-    def _actor_options(spec: ModelSpec) -> dict:
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core runs inside the actor
-               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "TQDM_DISABLE": "1"}
+    def _check_version(slot: _Slot, version: str | None) -> None:
+        """Request ids name this process's vLLM (builder.backends.engine_fingerprint): a replica must run it."""
+        if version != vllm_version():
+            raise ReplicaError(f"ray: {slot.name} runs {version or 'no vLLM'} but this process has "
+                               f"{vllm_version() or 'no vLLM'}; the answers are recorded under this process's "
+                               "version, so install the same vLLM on the driver and on every node")
+
+    @staticmethod
+    def _actor_options(spec: ModelSpec, gpus: float | None = None) -> dict:
+        """Ray options of a replica: on a cluster with GPUs, `tensor_parallel_size` of them, else one core."""
+        env = {"TQDM_DISABLE": "1"}
+        # the driver's batch-invariant switch is in the request ids, so the replicas' kernels follow it
+        env["VLLM_BATCH_INVARIANT"] = os.environ.get("VLLM_BATCH_INVARIANT", "0")
         if os.path.isdir(spec.path):  # a local folder (same path on every node): never ask the Hub
             env["HF_HUB_OFFLINE"] = "1"
-        if ray.cluster_resources().get("GPU", 0) > 0:  # so GPU nodes must have joined by now
-            # vLLM runs its tensor-parallel workers on the GPUs Ray gives the actor
+        gpus = ray.cluster_resources().get("GPU", 0) if gpus is None else gpus
+        if gpus > 0:  # so GPU nodes must have joined by now
+            # vLLM runs its tensor-parallel workers on the GPUs Ray gives the actor; the engine core in its own
+            # process inside the actor (vLLM's default on CUDA, see generation.engine.engine_env)
+            env.update(engine_env("cuda"))
             return {"num_gpus": spec.tensor_parallel_size, "num_cpus": 1, "runtime_env": {"env_vars": env}}
-        # CPU only: one core and one OpenMP thread per replica (scale with more replicas). vLLM means
-        # to serve with one torch thread anyway; with two, an engine on a shared machine slows 3-10x
-        # whenever another process takes a core (OpenMP threads wait on the descheduled one).
-        env["OMP_NUM_THREADS"] = "1"
+        # CPU only: the engine core inside the actor, one core and one OpenMP thread per replica (scale with more
+        # replicas). vLLM means to serve with one torch thread anyway; with two, an engine on a shared machine
+        # slows 3-10x whenever another process takes a core (OpenMP threads wait on the descheduled one).
+        env.update(engine_env("cpu"), OMP_NUM_THREADS="1")
         return {"num_cpus": 1, "runtime_env": {"env_vars": env}}
 
     def _needs(self) -> dict:
@@ -199,11 +222,16 @@ class RayPool:
                 if ref in self.starting:
                     slot = self.starting.pop(ref)
                     try:
-                        _, slot.pid = ray.get(ref)
+                        _, slot.pid, version = ray.get(ref)
                     except RayActorError as e:
                         say(f"{slot.name} failed to start ({type(e).__name__})"
                             + ("; starting another" if self._replace() else "; no replacement left"))
                         continue
+                    try:
+                        self._check_version(slot, version)
+                    except ReplicaError:
+                        self._kill([slot])
+                        raise
                     self.live.append(slot)
                     idle.append(slot)
                     say(f"{slot.name} (replacement) is up")

@@ -38,6 +38,8 @@ class ModelConfig:
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
     max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None  # sequences run at once (None = vLLM's default); bound it by the KV cache
+    quantization: str | None = None  # vLLM's quantization method (None = what the checkpoint's config declares)
     license: str | None = None
     why: str | None = None           # one-line justification, shown in the card
     # an OpenAI-compatible server (`vllm serve`, started with generation.server.serve_command) instead of
@@ -310,6 +312,9 @@ def _validate_models(r: Recipe) -> None:
         _need(m.max_num_batched_tokens is None or m.max_num_batched_tokens >= floor, f"{key}.max_num_batched_tokens",
               f">= {floor}" + ("" if m.enable_chunked_prefill else " (max_model_len, without chunked prefill)"),
               m.max_num_batched_tokens)
+        _need(m.max_num_seqs is None or m.max_num_seqs >= 1, f"{key}.max_num_seqs", ">= 1", m.max_num_seqs)
+        _need(m.quantization is None or bool(re.fullmatch(r"[a-z0-9_]+", m.quantization)), f"{key}.quantization",
+              "a vLLM quantization method, e.g. 'awq'", m.quantization)
         _validate_server(key, m)
     for role, rc in r.roles.items():
         key = f"roles.{role}"

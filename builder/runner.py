@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, Need, Outcome, Result
 from generation.ids import derive_seed, stable_id
 
+from .backends import engine_fingerprint
 from .recipe import ModelConfig, Recipe, RoleConfig
 from .store import RequestStore, Stored, StoreError
 
@@ -41,14 +42,16 @@ class RunnerConfig:
 
 
 def request_for(cfg: RunnerConfig, role: str, ask: Ask, model_revision: str | None, attempt: int = 0) -> ChatRequest:
-    """The request id hashes everything that determines the answer: role, model + revision,
+    """The request id hashes everything that determines the answer: role, model + revision, the engine
+    (builder.backends.engine_fingerprint: dtype, quantization, tensor parallelism, max_model_len, vLLM),
     messages, sampling params, schema and seed (retries get a seed derived from the first)."""
     model = cfg.model_for(role)
     sampling = cfg.roles[role].sampling()
     if ask.max_tokens is not None:
         sampling["max_tokens"] = ask.max_tokens
     seed = derive_seed(cfg.seed, role, ask.key)
-    base_id = stable_id(role, model.id, model_revision, ask.messages, sampling, ask.schema, seed, n=32)
+    base_id = stable_id(role, model.id, model_revision, engine_fingerprint(model), ask.messages, sampling,
+                        ask.schema, seed, n=32)
     if attempt:
         seed = derive_seed(seed, "retry", attempt)
     return ChatRequest(id=base_id, messages=ask.messages, seed=seed, schema=ask.schema, **sampling)

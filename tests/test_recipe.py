@@ -70,6 +70,8 @@ CPU = load_toml(ROOT / "configs" / "cpu.toml")
     ({"models.smollm2.kv_cache_gib": 0}, "models.smollm2.kv_cache_gib: must be > 0, got 0.0"),
     ({"models.smollm2.tensor_parallel_size": 0}, "models.smollm2.tensor_parallel_size: must be >= 1, got 0"),
     ({"models.smollm2.max_model_len": 0}, "models.smollm2.max_model_len: must be >= 2, got 0"),
+    ({"models.smollm2.max_num_seqs": 0}, "models.smollm2.max_num_seqs: must be >= 1, got 0"),
+    ({"models.smollm2.quantization": "AWQ 4bit"}, "models.smollm2.quantization: must be a vLLM quantization method"),
     ({"executor.kind": "ray", "executor.replicas": 0}, "executor.replicas: must be >= 1, got 0"),
     ({"executor.timeout_s": -1}, "executor.timeout_s: must be > 0 seconds, got -1.0"),
     ({"executor.kind": "spark"}, "executor.kind: must be 'local' or 'ray', got 'spark'"),

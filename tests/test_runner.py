@@ -7,15 +7,16 @@ The backend here is a small deterministic one written for the test (it answers i
 exercised by the builds in test_build.py and test_crash.py."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pandas as pd
 import pytest
 
 from builder.recipe import ModelConfig, RoleConfig
-from builder.runner import RunnerConfig, StoreRunner
+from builder.runner import RunnerConfig, StoreRunner, request_for
 from builder.store import RequestStore, StoreError
-from generation.engine import Result
+from generation.engine import Ask, Result
 from generation.pairs import build_pairs
 
 from .helpers import ROOT
@@ -176,3 +177,50 @@ def test_answers_before_a_backend_failure_are_kept(tmp_path):
         build_pairs(*inputs(), runner(tmp_path, backend, chunk_size=100))
     answered = sum(kind == "done" for kind, _ in backend.log)
     assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
+
+
+# ------------------------------------------------------------------ answers are reused from the same engine only
+
+ASKS = [Ask(f"k{i}", [{"role": "user", "content": f"question {i}"}]) for i in range(6)]
+
+
+def _config(model: ModelConfig) -> RunnerConfig:
+    return RunnerConfig(seed=1, models={"m": model}, roles={"responder": RoleConfig(model="m", max_tokens=16)})
+
+
+def test_a_dtype_change_reuses_no_stored_answer_and_a_scheduling_change_all(tmp_path):
+    def asked(**model) -> int:
+        """How many of ASKS reached the backend (the rest were answered from the store)."""
+        backend = Backend()
+        store = RequestStore(tmp_path / "requests.sqlite")
+        StoreRunner(_config(ModelConfig(id="test/m", **model)), store, lambda m: backend, {"m": "rev"})("responder", ASKS)
+        store.close()
+        return sum(kind == "submit" for kind, _ in backend.log)
+
+    assert asked(dtype="float32") == 6
+    assert asked(dtype="float32") == 0
+    # the KV cache, the batch and the prefill budget decide what runs together, not what one request computes
+    assert asked(dtype="float32", kv_cache_gib=2, max_num_seqs=8, max_num_batched_tokens=8192,
+                 enable_chunked_prefill=True, enforce_eager=True) == 0
+    assert asked(dtype="bfloat16") == 6   # other arithmetic: nothing reused
+    assert asked(dtype="float32") == 0    # and the float32 answers are still there for a float32 build
+
+
+def test_request_ids_hold_the_engine_fingerprint(monkeypatch):
+    base = ModelConfig(id="test/m", dtype="float32")
+    rid = lambda m: request_for(_config(m), "responder", ASKS[0], "rev").id  # noqa: E731
+    other = [dataclasses.replace(base, **change) for change in (
+        {"dtype": "bfloat16"}, {"quantization": "awq"}, {"tensor_parallel_size": 2}, {"max_model_len": 2048},
+        {"server": "http://gpu1:8000/v1"})]   # a server: its vLLM is not this process's
+    assert len({rid(m) for m in [base, *other]}) == 1 + len(other)
+    same = [dataclasses.replace(base, **change) for change in (
+        {"kv_cache_gib": 4.0}, {"max_num_seqs": 64}, {"max_num_batched_tokens": 16384}, {"enable_chunked_prefill": True},
+        {"enforce_eager": False}, {"timeout_s": 5.0}, {"license": "x", "why": "y"})]
+    assert {rid(m) for m in same} == {rid(base)}
+    served, local = rid(other[-1]), rid(base)
+    monkeypatch.setattr("builder.backends.vllm_version", lambda: "vllm 0.33.0")   # an upgraded vLLM
+    assert rid(base) != local and rid(other[-1]) == served
+    monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")                                # other kernels
+    upgraded = request_for(_config(base), "responder", ASKS[0], "rev").id
+    monkeypatch.delenv("VLLM_BATCH_INVARIANT")
+    assert upgraded != rid(base)
