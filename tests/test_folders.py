@@ -15,7 +15,7 @@ import pytest
 
 from builder import folders
 from builder.cli import main
-from builder.manifest import FORMAT
+from builder.manifest import FORMAT, verify_folder
 
 from .helpers import ROOT, build, env, make_recipe, one_line_error, recipe_text, run_py, start_build
 from .test_manifest import build as small_build
@@ -46,7 +46,7 @@ def same(a: Path, b: Path) -> bool:
 
 
 def verifies(folder: Path) -> bool:
-    return (folder / "manifest.json").is_file() and folders.foreign(folder) == []
+    return (folder / "manifest.json").is_file() and verify_folder(folder) == []
 
 
 def in_process(capsys, *args) -> str:
@@ -219,9 +219,11 @@ def test_a_reused_pid_picks_another_staging_name(tmp_path):
 # ---------------------------------------------------------------------------------------------- swap
 
 def staged(small: Path, out: Path) -> Path:
+    """A finished staging folder, as the build leaves it right before the swap."""
     staging = folders.new_staging(out)
-    staging.rmdir()
-    return copy_build(small, staging)
+    shutil.copytree(small, staging, dirs_exist_ok=True)
+    (staging / folders.STAGING_MARK).unlink(missing_ok=True)  # (the mark of builds before the journal)
+    return staging
 
 
 KILLS = ["journal", "aside", "in", "half-deleted", "deleted"]
