@@ -183,7 +183,7 @@ def absent_output(path: str | Path) -> None:
     if out.exists() or out.is_symlink() or old is None or not old.is_dir():
         return
     why = ("a build killed mid-swap put it there; the next `persona build` with this --out puts it back"
-           if (_read_journal(out) or {}).get("swap") else "it is not a swap of ours")
+           if (_read_journal(out) or {}).get("swap") else "no interrupted swap of ours left it")
     raise FolderError(f"{path}: no such folder, but {old} is there ({why})")
 
 
