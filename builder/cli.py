@@ -76,7 +76,9 @@ class Persona:
             from .publish import verify_remote
             problems, where = verify_remote(repo, revision), f"{repo}@{revision}"
         else:
+            from .folders import absent_output
             from .manifest import verify_folder
+            absent_output(path)  # a build killed mid-swap waits as PATH.old: say so
             problems, where = verify_folder(_folder(path)), path
         for p in problems:
             print(f"  {p}")

@@ -124,16 +124,17 @@ def build(recipe_path: str, out: str | None = None, work: str | None = None, bac
     """VERBOSE shows vLLM's (and torch's, ...) own output on stderr; otherwise it goes to
     <work>/<recipe name>/vllm.log, which the final summary names."""
     recipe = with_executor(load_recipe(recipe_path), executor, address, replicas)
-    out_dir = Path(out or recipe.output.dir).expanduser()
-    work_dir = folders.work_folder(work or recipe.output.work_dir, recipe.name)
-    # the output first, and checked before the lock file or the work folder is made: a refused --out
-    # leaves no trace (checked again under the lock, which also restores an interrupted swap)
+    out_dir = folders.output_path(out if out is not None else recipe.output.dir,
+                                  "--out" if out is not None else "output.dir")
+    work_root = work if work is not None else recipe.output.work_dir
+    work_dir = folders.work_folder(work_root, recipe.name)
+    # checked before the lock file or the work folder is made: a refused --out leaves no trace
+    # (checked again under the lock, which also finishes what a killed build left)
+    folders.check_apart(out_dir, Path(work_root).expanduser())
     folders.refuse_foreign(out_dir)
     with folders.exclusive(folders.output_lock(out_dir), f"output folder {out_dir}"):
         folders.check_output(out_dir)
         with folders.exclusive(work_dir / "build.lock", f"work folder {work_dir}"):
-            for stale in folders.remove_stale_staging(out_dir):
-                log.info(f"removed {stale}, left by an interrupted build")
             route_library_logs(None if verbose else work_dir / VLLM_LOG)
             return _build(recipe, out_dir, work_dir, backend_for)
 
@@ -201,7 +202,6 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     staging = folders.new_staging(out_dir)
     log.info(f"writing shards to {staging}")
     shards = write_tables(staging, tables, recipe)
-    folders.unmark(staging)
     engines = {name: backend_settings(m) for name, m in recipe.models.items()}  # once per model, not per role
     fields = dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
@@ -227,7 +227,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         fields["rehearsal"] = "engine double (bench/double.py): placeholder answers, not a dataset"
     manifest = mf.finalize(staging, shards, **_jsonable(fields))
     problems = mf.verify_folder(staging)
-    if problems:  # a bug of ours or a disk that lies; the staging folder is left for inspection
+    if problems:  # a bug of ours or a disk that lies; left for inspection until the next build
         raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
     folders.swap_in(staging, out_dir)
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
