@@ -112,8 +112,11 @@ def test_store_without_its_wal_warns(tmp_path, capfd):
 
 def test_corrupt_store_is_one_line_from_the_cli(tmp_path, census_small, prism_file):
     from builder.recipe import load_recipe
+    model = tmp_path / "model"  # passes the start-up check (a config.json); the store is opened after it
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     recipe = tmp_path / "r.toml"
-    recipe.write_text(recipe_text(tmp_path, census=str(census_small), prism=str(prism_file)))
+    recipe.write_text(recipe_text(model, census=str(census_small), prism=str(prism_file)))
     r = load_recipe(recipe)
     work = tmp_path / "work"
     # the build's store folder: <work>/<name>-<fingerprint12> today, maybe <work>/<name> later
