@@ -72,8 +72,9 @@ _FIELDS = [f.name for f in dataclasses.fields(Stored)]
 
 
 def _values(s: Stored) -> tuple:
-    """A row's columns as stored (ok as 0 / 1)."""
-    return tuple(int(v) if f == "ok" else v for f, v in zip(_FIELDS, dataclasses.astuple(s)))
+    """A row's columns as stored (ok as 0 / 1), in _FIELDS order."""
+    return (s.request_id, s.role, s.key, int(s.ok), s.text, s.reason, s.attempts, s.prompt_tokens, s.output_tokens,
+            s.cached_tokens, s.finish_reason)
 
 
 def digest(s: Stored) -> str:
