@@ -171,7 +171,8 @@ def test_unpinned_hub_model_without_network_warns_and_stays_unpinned():
     assert len(warnings) == 1 and 'revision = "<commit>" under [models.m]' in warnings[0]
 
 
-def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
+def model_hub():
+    """The test hub (tests/hub_server.py) serving a model `org/model` with one commit: (hub, commit)."""
     from tests.hub_server import Blob, Handler, HubServer, Repo
 
     class ModelHub(Handler):  # the test hub hosts datasets; a model's info has the same shape
@@ -182,11 +183,16 @@ def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
 
     hub = HubServer().start()
     hub.httpd.RequestHandlerClass = type("BoundModelHub", (ModelHub,), {"state": hub.state})
+    repo = Repo("org/model", private=False)
+    commit = hub.state.new_commit(repo, None, "weights", {"config.json": Blob(b"{}", False)})
+    repo.branches["main"] = commit.oid
+    hub.state.repos[repo.repo_id] = repo
+    return hub, commit
+
+
+def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
+    hub, commit = model_hub()
     try:
-        repo = Repo("org/model", private=False)
-        commit = hub.state.new_commit(repo, None, "weights", {"config.json": Blob(b"{}", False)})
-        repo.branches["main"] = commit.oid
-        hub.state.repos[repo.repo_id] = repo
         revisions, spec, warnings = resolve_in_subprocess(
             [["m", "org/model", None], ["p", "org/pinned", "abc"]], "recipe",
             HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=tmp_path / "hf")
@@ -301,3 +307,21 @@ def test_a_mistyped_hub_id_stops_the_build_before_the_census_is_read(tmp_path, c
     assert line.startswith("persona: error: models.m (HuggingFaceTB/SmolLM2-135M-Instruckt): not in the local "
                            "Hugging Face cache, and the Hub does not resolve it"), line
     assert "census" not in p.stderr and not list((tmp_path / "work").rglob("requests.sqlite"))
+
+
+def test_the_start_up_check_asks_the_hub_about_an_id_it_has_not_cached(tmp_path):
+    hub, commit = model_hub()
+    cases = [["m", "org/model", None, None, None], ["m", "org/model", commit.oid, None, None],
+             ["m", "org/model", "f" * 40, None, None], ["typo", "org/modle", None, None, None]]
+    try:
+        p = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env=env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=tmp_path / "hf"))
+    finally:
+        hub.stop()
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout.splitlines()
+    assert out[:2] == ["ok", "ok"], out
+    assert out[2].startswith(f"models.m (org/model@{'f' * 40}): not in the local Hugging Face cache, and the Hub "
+                             "does not resolve it ("), out[2]
+    assert out[3].startswith("models.typo (org/modle): not in the local Hugging Face cache, and the Hub does not "
+                             "resolve it (404"), out[3]
