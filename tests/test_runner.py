@@ -7,7 +7,6 @@ The backend here is a small deterministic one written for the test (it answers i
 exercised by the builds in test_build.py and test_crash.py."""
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import pandas as pd
@@ -16,7 +15,7 @@ import pytest
 from builder.recipe import ModelConfig, RoleConfig
 from builder.runner import RunnerConfig, StoreRunner
 from builder.store import RequestStore, StoreError
-from generation.engine import Need, Result
+from generation.engine import Result
 from generation.pairs import build_pairs
 
 from .helpers import ROOT
@@ -179,6 +178,11 @@ def test_answers_before_a_backend_failure_are_kept(tmp_path):
     assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
 
 
+def _need(key: str):
+    from generation.engine import Need
+    return Need("responder", build_ask(key))
+
+
 def _strict(text: str) -> str:
     """A parser that has grown stricter since the answers were stored: it rejects seed-ending answers."""
     if text.endswith("7"):
@@ -215,6 +219,7 @@ def test_a_stored_answer_todays_parser_rejects_is_asked_again_not_a_traceback(tm
 
 def test_a_stored_answer_with_no_attempts_left_becomes_a_reject(tmp_path):
     asks = [build_ask(f"k{i}") for i in range(30)]
+    import dataclasses
     run = runner(tmp_path, Backend())
     run.cfg = dataclasses.replace(run.cfg, max_attempts=1)
     first = run("responder", asks)
@@ -228,7 +233,7 @@ def test_a_stored_answer_with_no_attempts_left_becomes_a_reject(tmp_path):
     assert all(out[k].reason == "strict: ends in 7" and out[k].text == first[k].text for k in failing)
     assert run.summary()["responder"]["rejects"] == {"strict": len(failing)}
     stored = RequestStore(tmp_path / "requests.sqlite")
-    rows = stored.get_many([run.request(Need("responder", build_ask(k))).id for k in failing])
+    rows = stored.get_many([run.request(_need(k)).id for k in failing])
     assert len(rows) == len(failing) and not any(r.ok for r in rows.values())   # recorded, not only returned
 
 
@@ -238,7 +243,7 @@ def test_a_changed_byte_inside_a_stored_answer_is_asked_again(tmp_path, capfd):
     asks = [build_ask(f"k{i}") for i in range(3)]
     run = runner(tmp_path, Backend())
     first = run("responder", asks)
-    rid = run.request(Need("responder", asks[1])).id
+    rid = run.request(_need("k1")).id
     run.store.close()                                                   # checkpointed into the main file
     db = tmp_path / "requests.sqlite"
     data = bytearray(db.read_bytes())
