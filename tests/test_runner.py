@@ -139,45 +139,6 @@ def test_keep_truncated_keeps_and_counts_them(tmp_path):
     assert run.summary()["responder"]["truncated_kept"] == 2
 
 
-def build_ask(key):
-    from generation.engine import Ask
-    return Ask(key=key, messages=[{"role": "user", "content": f"Say {key}."}])
-
-
-def _double():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from double import Double
-    return Double()
-
-
-def test_the_engine_double_never_mixes_with_real_answers(tmp_path):
-    real = runner(tmp_path, Backend())
-    real("responder", [build_ask("a")])
-    with pytest.raises(StoreError, match="holds real answers"):
-        runner(tmp_path, _double())("responder", [build_ask("b")])
-
-    rehearsal = runner(tmp_path / "r", _double()) if (tmp_path / "r").mkdir() is None else None
-    assert rehearsal("responder", [build_ask("a")])["a"].ok
-    with pytest.raises(StoreError, match="engine double"):
-        runner(tmp_path / "r", Backend())("responder", [build_ask("b")])
-
-
-def test_answers_before_a_backend_failure_are_kept(tmp_path):
-    from generation.errors import PersonaError
-
-    class GivesUp(Backend):
-        def poll(self):
-            if sum(kind == "done" for kind, _ in self.log) >= 7:
-                raise PersonaError("the server is gone")
-            return super().poll()
-
-    backend = GivesUp()
-    with pytest.raises(PersonaError):
-        build_pairs(*inputs(), runner(tmp_path, backend, chunk_size=100))
-    answered = sum(kind == "done" for kind, _ in backend.log)
-    assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
-
-
 def _need(key: str):
     from generation.engine import Need
     return Need("responder", build_ask(key))
@@ -263,3 +224,43 @@ def test_a_changed_byte_inside_a_stored_answer_is_asked_again(tmp_path, capfd):
     assert len(warnings) == 1 and f"request {rid}" in warnings[0] and "do not match their digest" in warnings[0]
     assert store.damaged == 1 and store.count() == 3
     assert RequestStore(db).get_many([rid])[rid].text == first["k1"].text   # the row was replaced
+
+
+def build_ask(key):
+    from generation.engine import Ask
+    return Ask(key=key, messages=[{"role": "user", "content": f"Say {key}."}])
+
+
+def _double():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from double import Double
+    return Double()
+
+
+def test_the_engine_double_never_mixes_with_real_answers(tmp_path):
+    real = runner(tmp_path, Backend())
+    real("responder", [build_ask("a")])
+    with pytest.raises(StoreError, match="holds real answers"):
+        runner(tmp_path, _double())("responder", [build_ask("b")])
+
+    rehearsal = runner(tmp_path / "r", _double()) if (tmp_path / "r").mkdir() is None else None
+    assert rehearsal("responder", [build_ask("a")])["a"].ok
+    with pytest.raises(StoreError, match="engine double"):
+        runner(tmp_path / "r", Backend())("responder", [build_ask("b")])
+
+
+def test_answers_before_a_backend_failure_are_kept(tmp_path):
+    from generation.errors import PersonaError
+
+    class GivesUp(Backend):
+        def poll(self):
+            if sum(kind == "done" for kind, _ in self.log) >= 7:
+                raise PersonaError("the server is gone")
+            return super().poll()
+
+    backend = GivesUp()
+    with pytest.raises(PersonaError):
+        build_pairs(*inputs(), runner(tmp_path, backend, chunk_size=100))
+    answered = sum(kind == "done" for kind, _ in backend.log)
+    assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
+
