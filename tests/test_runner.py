@@ -263,4 +263,3 @@ def test_answers_before_a_backend_failure_are_kept(tmp_path):
         build_pairs(*inputs(), runner(tmp_path, backend, chunk_size=100))
     answered = sum(kind == "done" for kind, _ in backend.log)
     assert RequestStore(tmp_path / "requests.sqlite").count() == answered  # nothing checked is lost
-
