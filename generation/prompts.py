@@ -300,13 +300,26 @@ def assign(persona_ids, train_ids, heldout_ids, seed: int, train_per_persona: in
 
 # ---------------------------------------------------------------------------------------- whole stage
 
-def select_prompts(source: str, run, seed: int, text_field: str = "text", sha256: str | None = None,
-                   classify_limit: int | None = None,
-                   heldout_fraction: float = PAPER_HELDOUT_FRACTION) -> StageResult:
-    """Read -> rule filter -> dedup -> classify -> split: the prompts table [prompt_id, text, topic, pool],
-    counts {filter, classify, split}, the classifier's rejects and the source's provenance."""
+def read_pool(source: str, text_field: str = "text", sha256: str | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """Read -> rule filter -> dedup, no model involved: (the prompts to classify, filter counts, provenance).
+    A build calls it before any model request, so a bad source costs nothing; a source where no prompt
+    passes the rules is a PromptsError saying so."""
     prompts, provenance = read_prompts(source, text_field, sha256)
-    filtered, filter_stats = filter_prompts(prompts)
+    filtered, stats = filter_prompts(prompts)
+    if filtered.empty:
+        raise PromptsError(f"{source}: none of its {stats['input']:,} prompts passes the rules (a '?', at least 5 "
+                           f"words, at most {MAX_PROMPT_CHARS:,} characters): {stats['no_question_mark']:,} without "
+                           f"'?', {stats['too_short']:,} too short, {stats['too_long']:,} too long")
+    return filtered, stats, provenance
+
+
+def select_prompts(source: str, run, seed: int, text_field: str = "text", sha256: str | None = None,
+                   classify_limit: int | None = None, heldout_fraction: float = PAPER_HELDOUT_FRACTION,
+                   pool: tuple[pd.DataFrame, dict, dict] | None = None) -> StageResult:
+    """Read -> rule filter -> dedup -> classify -> split: the prompts table [prompt_id, text, topic, pool],
+    counts {filter, classify, split}, the classifier's rejects and the source's provenance. `pool`:
+    what `read_pool` returned for this source, when it was read already."""
+    filtered, filter_stats, provenance = pool or read_pool(source, text_field, sha256)
     kept, classify_stats = classify(filtered, run, seed, classify_limit)
     table = split_prompts(kept, seed, heldout_fraction)
     split_stats = {

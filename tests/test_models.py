@@ -1,6 +1,7 @@
 """Which model answered: a local folder is pinned by the digest of its files (two folders named
 `final` are two models), a Hub id by its commit (resolved and warned about when unpinned), and the
 eval report folder names both."""
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,13 +15,14 @@ import pytest
 from builder.backends import resolve_revisions
 from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder
 from builder.recipe import RoleConfig
-from builder.runner import RunnerConfig, request_for
+from builder.runner import RunnerConfig, StoreRunner, request_for
+from builder.store import RequestStore
 from generation import evaluation as ev
 from generation.engine import Ask
 from generation.ids import sha256_file
-from generation.models import DIGESTS, model_revision, resolve_model
+from generation.models import DIGESTS, ModelError, model_revision, resolve_model
 
-from .helpers import ROOT, env, one_line_error, run_py
+from .helpers import ROOT, build, edited, env, one_line_error, recipe_data, run_py, write_recipe
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_folders_named_alike_are_different_models(two_finals, tmp_path):
     assert r1 != r2 and r1.startswith("sha256:") and len(r1) == len("sha256:") + 16
     assert id1 != id2
     assert resolve_model("final", None, str(m1), None) == (str(m1), r1)   # what the build records too
-    assert resolve_model("final", "mine", str(m1), None)[1] == "mine"      # a pinned revision wins
+    assert resolve_model("final", r1, str(m1), None) == (str(m1), r1)     # a pin of its digest holds
     out = tmp_path / "eval"
     p1, p2 = (report_folder(out, subject("final", r), "local-abc") for r in (r1, r2))
     assert p1 != p2 and p1 == out / f"final@{r1.split(':')[1][:12]}" / "local-abc"
@@ -86,6 +88,32 @@ def test_changing_a_weight_changes_the_revision_and_the_request_ids(two_finals):
         (m1 / name).write_text(text.replace("}", ' , "x": 1}', 1) if name == "config.json" else text + " ")
         assert subject_request_id(m1)[0] != after[0]
         after = subject_request_id(m1)
+
+
+def test_a_local_folder_with_a_revision_is_still_digested(two_finals, tmp_path):
+    """A local folder's revision is its digest: a `revision` for it is a pin of that digest, checked, so
+    edited weights never reuse old answers (a label such as "v2" would let them)."""
+    from .test_runner import Backend, build_ask
+
+    m1, _ = two_finals
+    digest = model_revision(str(m1))
+    with pytest.raises(ModelError, match=f"its content digest is {digest}, not the pinned revision 'v2'"):
+        resolve_model("final", "v2", str(m1), None)
+
+    def ask_all(revision: str, store: str) -> Backend:
+        cfg = RunnerConfig(seed=1, models={"m": dataclasses.replace(model_config(str(m1)), revision=revision)},
+                           roles={"responder": RoleConfig(model="m", max_tokens=8)})
+        backend = Backend()
+        StoreRunner(cfg, RequestStore(tmp_path / store), lambda m: backend, resolve_revisions(cfg))(
+            "responder", [build_ask(f"k{i}") for i in range(5)])
+        return backend
+
+    assert len(ask_all(digest, "s.sqlite").log) == 10                  # 5 asked, 5 answered
+    assert ask_all(digest, "s.sqlite").log == []                       # all 5 reused
+    flip_last_byte(m1 / "model.safetensors")                           # one weight byte edited
+    with pytest.raises(ModelError, match=f"not the pinned revision '{digest}'"):
+        ask_all(digest, "s.sqlite")                                    # the pin no longer holds: refused
+    assert len(ask_all(model_revision(str(m1)), "s.sqlite").log) == 10  # re-pinned: 0 answers reused
 
 
 def test_file_digests_are_cached_by_file_identity(two_finals, tmp_path):
@@ -143,7 +171,8 @@ def test_unpinned_hub_model_without_network_warns_and_stays_unpinned():
     assert len(warnings) == 1 and 'revision = "<commit>" under [models.m]' in warnings[0]
 
 
-def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
+def model_hub():
+    """The test hub (tests/hub_server.py) serving a model `org/model` with one commit: (hub, commit)."""
     from tests.hub_server import Blob, Handler, HubServer, Repo
 
     class ModelHub(Handler):  # the test hub hosts datasets; a model's info has the same shape
@@ -154,11 +183,16 @@ def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
 
     hub = HubServer().start()
     hub.httpd.RequestHandlerClass = type("BoundModelHub", (ModelHub,), {"state": hub.state})
+    repo = Repo("org/model", private=False)
+    commit = hub.state.new_commit(repo, None, "weights", {"config.json": Blob(b"{}", False)})
+    repo.branches["main"] = commit.oid
+    hub.state.repos[repo.repo_id] = repo
+    return hub, commit
+
+
+def test_unpinned_hub_model_uses_the_commit_the_hub_serves(tmp_path):
+    hub, commit = model_hub()
     try:
-        repo = Repo("org/model", private=False)
-        commit = hub.state.new_commit(repo, None, "weights", {"config.json": Blob(b"{}", False)})
-        repo.branches["main"] = commit.oid
-        hub.state.repos[repo.repo_id] = repo
         revisions, spec, warnings = resolve_in_subprocess(
             [["m", "org/model", None], ["p", "org/pinned", "abc"]], "recipe",
             HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=tmp_path / "hf")
@@ -222,3 +256,72 @@ def test_eval_repo_refuses_a_layout_that_is_not_a_persona_build(tmp_path):
     assert f"org/persona@v1.0.0:manifest.json: splits.{CONFIG}.test_seen.files[0]:" in line, line
     assert "is not a shard of this split" in line and not (tmp_path / "eval").exists()
     assert hub.state.unknown == []
+
+
+# ------------------------------------------------------------------ the start-up check
+
+CHECK = """
+import json, sys
+from generation.models import ModelError, check_model
+for args in json.loads(sys.argv[1]):
+    try:
+        check_model(*args)
+        print("ok")
+    except ModelError as e:
+        print(e)
+"""
+
+
+def test_every_model_reference_is_checked_at_start_up(tmp_path, tiny_model):
+    """A Hub id must be in the local Hugging Face cache or resolved by the Hub (here offline: the cache
+    only); a local folder must look like a model. The error names the recipe's model key and the id."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--cached"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (tmp_path / "notes").mkdir()
+    cases = [["m", "org/cached", None, None, None], ["m", "org/cached", commit, None, None],
+             ["big", "org/typo", None, None, None], ["m", "org/cached", "f" * 40, None, None],
+             ["local", "x/y", None, str(tiny_model), None], ["notes", "x/notes", None, str(tmp_path / "notes"), None]]
+    p = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=tmp_path / "hub",
+                                            PERSONA_CACHE=tmp_path / "cache"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout.splitlines()
+    assert out[:2] == ["ok", "ok"] and out[4] == "ok", out
+    assert out[2].startswith("models.big (org/typo): not in the local Hugging Face cache, and the Hub does not "
+                             "resolve it ("), out[2]
+    assert out[3].startswith(f"models.m (org/cached@{'f' * 40}): not in the local Hugging Face cache"), out[3]
+    assert out[5] == f"models.notes (x/notes): model folder {tmp_path / 'notes'} has no config.json: not a Hugging " \
+                     "Face model folder"
+
+
+def test_a_mistyped_hub_id_stops_the_build_before_the_census_is_read(tmp_path, census_small, prism_file):
+    data = edited(recipe_data(tmp_path, census=census_small, prism=prism_file),
+                  {"models.m.path": None, "models.m.id": "HuggingFaceTB/SmolLM2-135M-Instruckt"})
+    recipe = write_recipe(tmp_path / "r.toml", data)
+    p = build(recipe, tmp_path / "out", tmp_path / "work", HF_HUB_CACHE=tmp_path / "hub")
+    line = one_line_error(p)
+    assert line.startswith("persona: error: models.m (HuggingFaceTB/SmolLM2-135M-Instruckt): not in the local "
+                           "Hugging Face cache, and the Hub does not resolve it"), line
+    assert "census" not in p.stderr and not list((tmp_path / "work").rglob("requests.sqlite"))
+
+
+def test_the_start_up_check_asks_the_hub_about_an_id_it_has_not_cached(tmp_path):
+    hub, commit = model_hub()
+    cases = [["m", "org/model", None, None, None], ["m", "org/model", commit.oid, None, None],
+             ["m", "org/model", "f" * 40, None, None], ["typo", "org/modle", None, None, None]]
+    try:
+        p = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env=env(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=tmp_path / "hf"))
+    finally:
+        hub.stop()
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout.splitlines()
+    assert out[:2] == ["ok", "ok"], out
+    assert out[2].startswith(f"models.m (org/model@{'f' * 40}): not in the local Hugging Face cache, and the Hub "
+                             "does not resolve it ("), out[2]
+    assert out[3].startswith("models.typo (org/modle): not in the local Hugging Face cache, and the Hub does not "
+                             "resolve it (404"), out[3]

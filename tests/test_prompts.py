@@ -25,6 +25,7 @@ from generation.prompts import (
     pair_ids,
     parse_classification,
     prompt_id,
+    read_pool,
     select_prompts,
     split_prompts,
 )
@@ -406,3 +407,37 @@ def test_hub_branch_is_recorded_as_the_commit_read(tmp_path):
         assert line.startswith("PromptsError hf://persona-test/prism@no-such-branch: cannot resolve the revision")
     finally:
         hub.stop()
+
+
+# ------------------------------------------------------------------------- read before any model request
+
+NONE_PASS = ["Hi", "Tell me a story about a dog.", "Why?", "x" * (MAX_PROMPT_CHARS + 1) + " is this one too long?"]
+
+
+def test_a_source_where_no_prompt_passes_is_one_line(tmp_path):
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(NONE_PASS))
+    with pytest.raises(PromptsError) as e:
+        read_pool(str(path))
+    assert str(e.value) == (f"{path}: none of its 4 prompts passes the rules (a '?', at least 5 words, at most "
+                            f"{MAX_PROMPT_CHARS:,} characters): 2 without '?', 1 too short, 1 too long")
+    table, stats, provenance = read_pool(str(FIXTURES / "prompts.jsonl"), "opening_prompt")
+    assert len(table) == stats["after_dedup"] == 4 and provenance["rows"] == 9
+
+
+def test_the_prompts_are_checked_before_any_model_request(tmp_path):
+    """A bad prompts file stops the build before the census is read or a model asked (it used to cost
+    the persona stage's requests first; a file where no prompt passes said "no preference pair survived").
+    A file that is not JSON takes the same path (read_pool), before the census too."""
+    from .helpers import build, one_line_error, recipe_data, write_recipe
+
+    model = tmp_path / "model"  # the start-up check needs a folder that looks like a model; none is loaded
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(NONE_PASS))
+    recipe = write_recipe(tmp_path / "r.toml", recipe_data(model, prism=prompts))
+    p = build(recipe, tmp_path / "out", tmp_path / "work")
+    line = one_line_error(p)
+    assert line.startswith(f"persona: error: {prompts}: none of its 4 prompts passes the rules"), line
+    assert "census" not in p.stderr and not list((tmp_path / "work").rglob("requests.sqlite"))

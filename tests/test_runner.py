@@ -140,6 +140,93 @@ def test_keep_truncated_keeps_and_counts_them(tmp_path):
     assert run.summary()["responder"]["truncated_kept"] == 2
 
 
+def _need(key: str):
+    from generation.engine import Need
+    return Need("responder", build_ask(key))
+
+
+def _strict(text: str) -> str:
+    """A parser that has grown stricter since the answers were stored: it rejects seed-ending answers."""
+    if text.endswith("7"):
+        raise ValueError("strict: ends in 7")
+    return text
+
+
+def test_a_stored_answer_todays_parser_rejects_is_asked_again_not_a_traceback(tmp_path, capfd):
+    from generation.ids import derive_seed
+    asks = [build_ask(f"k{i}") for i in range(30)]
+    first = runner(tmp_path, Backend())("responder", asks)            # any text passes
+    failing = {k for k, o in first.items() if o.text.endswith("7")}
+    assert failing and all(o.attempts == 1 for o in first.values())
+
+    again = Backend()
+    run = runner(tmp_path, again)
+    second = run("responder", asks, _strict)
+    asked = [r for kind, r in again.log if kind == "submit"]
+    # only the rejected ones are asked again, each with its next attempt's seed, as a fresh parse failure is
+    key = lambda r: r.messages[0]["content"][len("Say "):-1]  # noqa: E731
+    firsts = {key(r): r.seed for r in reversed(asked)}
+    assert set(firsts) == failing
+    assert all(seed == derive_seed(derive_seed(1, "responder", k), "retry", 1) for k, seed in firsts.items())
+    assert all(o.ok and o.attempts == 1 and o.text == first[k].text for k, o in second.items() if k not in failing)
+    assert all(o.attempts >= 2 and (o.ok or o.reason == "strict: ends in 7") for k, o in second.items() if k in failing)
+    assert "failed today's parser" in capfd.readouterr().err
+    st = run.summary()["responder"]
+    assert st["requests"] == 30 and st["ok"] + sum(st["rejects"].values()) == 30
+
+    # the new outcomes replaced the old rows: a third run asks nothing and gets the same outcomes
+    third = Backend()
+    assert runner(tmp_path, third)("responder", asks, _strict) == second and third.log == []
+
+
+def test_a_stored_answer_with_no_attempts_left_becomes_a_reject(tmp_path):
+    asks = [build_ask(f"k{i}") for i in range(30)]
+    import dataclasses
+    run = runner(tmp_path, Backend())
+    run.cfg = dataclasses.replace(run.cfg, max_attempts=1)
+    first = run("responder", asks)
+    failing = {k for k, o in first.items() if o.text.endswith("7")}
+    again = Backend()
+    run = runner(tmp_path, again)
+    run.cfg = dataclasses.replace(run.cfg, max_attempts=1)
+    out = run("responder", asks, _strict)
+    assert again.log == []                                              # nothing asked: no attempts left
+    assert {k for k, o in out.items() if not o.ok} == failing
+    assert all(out[k].reason == "strict: ends in 7" and out[k].text == first[k].text for k in failing)
+    assert run.summary()["responder"]["rejects"] == {"strict": len(failing)}
+    stored = RequestStore(tmp_path / "requests.sqlite")
+    rows = stored.get_many([run.request(_need(k)).id for k in failing])
+    assert len(rows) == len(failing) and not any(r.ok for r in rows.values())   # recorded, not only returned
+
+
+def test_a_changed_byte_inside_a_stored_answer_is_asked_again(tmp_path, capfd):
+    """quick_check sees SQLite's structure only: one byte changed inside an answer's text is found by
+    the row's digest, the answer is treated as missing (a WARNING with a count) and asked again."""
+    asks = [build_ask(f"k{i}") for i in range(3)]
+    run = runner(tmp_path, Backend())
+    first = run("responder", asks)
+    rid = run.request(_need("k1")).id
+    run.store.close()                                                   # checkpointed into the main file
+    db = tmp_path / "requests.sqlite"
+    data = bytearray(db.read_bytes())
+    at = data.find(first["k1"].text.encode())
+    assert at > 0 and data.find(first["k1"].text.encode(), at + 1) == -1
+    data[at + 1] ^= 0x01                                                # "an answer" -> "ao answer"
+    db.write_bytes(bytes(data))
+    (tmp_path / "requests.sqlite-wal").unlink(missing_ok=True)
+    capfd.readouterr()
+
+    again = Backend()
+    store = RequestStore(db)                                            # quick_check passes
+    out = StoreRunner(run.cfg, store, lambda m: again, {"m": "rev"})("responder", asks)
+    assert [r.id for kind, r in again.log if kind == "submit"] == [rid]
+    assert out == first                                                 # the same answer, not the changed one
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"request {rid}" in warnings[0] and "do not match their digest" in warnings[0]
+    assert store.damaged == 1 and store.count() == 3
+    assert RequestStore(db).get_many([rid])[rid].text == first["k1"].text   # the row was replaced
+
+
 def build_ask(key):
     from generation.engine import Ask
     return Ask(key=key, messages=[{"role": "user", "content": f"Say {key}."}])

@@ -112,8 +112,11 @@ def test_store_without_its_wal_warns(tmp_path, capfd):
 
 def test_corrupt_store_is_one_line_from_the_cli(tmp_path, census_small, prism_file):
     from builder.recipe import load_recipe
+    model = tmp_path / "model"  # passes the start-up check (a config.json); the store is opened after it
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     recipe = tmp_path / "r.toml"
-    recipe.write_text(recipe_text(tmp_path, census=str(census_small), prism=str(prism_file)))
+    recipe.write_text(recipe_text(model, census=str(census_small), prism=str(prism_file)))
     r = load_recipe(recipe)
     work = tmp_path / "work"
     # the build's store folder: <work>/<name>-<fingerprint12> today, maybe <work>/<name> later
@@ -184,3 +187,32 @@ def test_schema_outputs_parse(tmp_path, tiny_model):  # noqa: F811
     recipe.write_text(recipe_text(tiny_model, max_tokens=96))
     out = _run(recipe, tmp_path / "s.sqlite", 16, tmp_path / "o.json", mode="schema")
     assert all(ok for ok, *_ in out["results"].values())
+
+
+OLD_SCHEMA = """CREATE TABLE results (request_id TEXT PRIMARY KEY, role TEXT NOT NULL, key TEXT NOT NULL, ok INTEGER NOT NULL,
+    text TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, finish_reason TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL);"""
+
+
+def test_a_store_from_before_digests_opens_and_gets_them_once(tmp_path, capfd):
+    db = tmp_path / "s.sqlite"
+    with sqlite3.connect(db) as c:  # a store written before rows carried a digest
+        c.executescript(OLD_SCHEMA)
+        c.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      [(r.request_id, r.role, r.key, int(r.ok), r.text, r.reason, r.attempts, r.prompt_tokens,
+                        r.output_tokens, r.cached_tokens, r.finish_reason) for r in (_row(1), _row(2, "two"))])
+    c.close()
+    s = RequestStore(db)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "digest" in line]
+    assert lines == [f"[persona] request store {db}: added a content digest to each of its 2 answers (once)"]
+    assert s.get_many(["id1", "id2"]) == {"id1": _row(1), "id2": _row(2, "two")}
+    s.put_many([_row(3)])
+    s.close()
+    s = RequestStore(db)                      # migrated: no second line, every row checks
+    assert "digest" not in capfd.readouterr().err
+    assert set(s.get_many(["id1", "id2", "id3"])) == {"id1", "id2", "id3"} and s.damaged == 0
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE results SET text = 'tampered' WHERE request_id = 'id2'")
+    c.close()
+    assert set(s.get_many(["id1", "id2"])) == {"id1"} and s.damaged == 1   # changed content is not served
