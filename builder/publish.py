@@ -24,7 +24,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    FileMetadataError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.hf_api import RepoFile
 
 from builder import folders
@@ -293,6 +300,8 @@ def hub_call(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
                 raise PublishError(f"{what} failed{_after(attempt)}: {_reason(e, status)}", status) from None
         except HFValidationError as e:  # the client refused the arguments (a repo id like "a b")
             raise PublishError(f"{what} failed: {e}") from None
+        except (LocalEntryNotFoundError, FileMetadataError) as e:  # a download answered without its headers
+            raise PublishError(f"{what} failed: {clip(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from e
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # the client could not read the answer
             raise PublishError(f"{what} failed: the Hub's answer is malformed ({type(e).__name__}: "
                                f"{clip(str(e))})") from e  # (--debug shows where the client stumbled)

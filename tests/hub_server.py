@@ -96,7 +96,8 @@ class HubState:
         self.fail_commits = False  # fault injection: every commit request answers HTTP 500
         self.echo_auth = False  # fault injection: error messages quote the Authorization header they got
         # hostile answers: endpoint name (info, refs, tree, commit, ...) -> the bytes to send instead of its
-        # JSON, or a function of the JSON object it would send returning the object to send
+        # JSON, or a function of the JSON object it would send returning the object to send (for resolve,
+        # the file download: a function of its headers)
         self.broken: dict[str, object] = {}
         # endpoint name -> an Event its requests wait for (set by the test); `arrived` names those that came
         self.gate: dict[str, threading.Event] = {}
@@ -431,7 +432,8 @@ class Handler(BaseHTTPRequestHandler):
         if blob is None:
             raise HubError(404, f"{path} does not exist at {commit.oid}", "EntryNotFound")
         headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{blob.etag}"'}
-        self._send(200, blob.data, headers, "application/octet-stream")
+        broken = self.state.broken.get("resolve")  # (here: a function of the headers it would send)
+        self._send(200, blob.data, broken(headers) if broken else headers, "application/octet-stream")
 
 
 class HubServer:

@@ -400,42 +400,42 @@ def test_hostile_hub_answers_are_one_line_errors(hub, client, tmp_path):
     verify = ["verify", {"repo": REPO, "revision": "v1.0.0"}]
     versions = ["versions", {"repo": REPO}]
     publish = ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v2.0.0"}]
-    assert client.run(verify)[0]["ok"][0].startswith("altered: README.md sha256 differs")
     before = refs(hub)
 
-    def answers(endpoint, broken, *steps):
-        hub.state.broken = {endpoint: broken}
+    def answers(broken: dict, *steps):  # (one client process per call: they are slow to start)
+        hub.state.broken = broken
         try:
             return [r.get("error", r) for r in client.run(*steps)]
         finally:
             hub.state.broken = {}
 
-    no_sha = answers("info", lambda info: {k: v for k, v in info.items() if k != "sha"}, verify)
-    assert no_sha == [f"resolving {REPO}@v1.0.0 failed: the Hub answered commit None, not a 40-hex commit id"]
-    assert answers("info", b"<html>busy</html>", verify, publish) == [
+    no_sha = {"info": lambda info: {k: v for k, v in info.items() if k != "sha"}}
+    assert answers(no_sha, verify) == [f"resolving {REPO}@v1.0.0 failed: the Hub answered commit None, "
+                                       "not a 40-hex commit id"]
+    assert answers({"info": b"<html>busy</html>"}, verify, publish) == [
         f"resolving {REPO}@v1.0.0 failed: the Hub's answer is malformed (JSONDecodeError: Expecting value: "
         "line 1 column 1 (char 0))",
         "reading the repo's visibility failed: the Hub's answer is malformed (JSONDecodeError: Expecting value: "
         "line 1 column 1 (char 0))"]
-    assert answers("info", lambda info: {**info, "private": "no"}, publish) == [
+    # (verify reads no visibility, publish stops before listing files)
+    wrong_types = {"info": lambda info: {**info, "private": "no"}, "tree": lambda tree: [{**e, "size": "big"} for e in tree]}
+    assert answers(wrong_types, verify, publish) == [
+        "listing files failed: the Hub answered size 'big', not a byte count",
         "reading the repo's visibility failed: the Hub answered private 'no', not true or false"]
-    assert answers("info", lambda info: [info], verify) == [
-        f"resolving {REPO}@v1.0.0 failed: the Hub's answer is malformed (TypeError: "
-        "huggingface_hub.hf_api.DatasetInfo() argument after ** must be a mapping, not list)"]
+    # (verify reads no refs, versions and publish download nothing before)
+    no_commit_header = lambda headers: {k: v for k, v in headers.items() if k != "X-Repo-Commit"}  # noqa: E731
     wrong_commit = lambda refs: {**refs, "tags": [{**t, "targetCommit": "main"} for t in refs["tags"]]}  # noqa: E731
     bad_refs = "reading the repo's refs failed: the Hub answered commit 'main', not a 40-hex commit id"
-    assert answers("refs", wrong_commit, versions, publish) == [bad_refs, bad_refs]
-    no_commit = lambda refs: {**refs, "branches": [{"name": "main", "ref": "refs/heads/main"}]}  # noqa: E731
-    assert answers("refs", no_commit, publish) == [
-        "reading the repo's refs failed: the Hub's answer is malformed (KeyError: 'targetCommit')"]
-    big = lambda tree: [{**e, "size": "big"} for e in tree]  # noqa: E731
-    assert answers("tree", big, verify) == ["listing files failed: the Hub answered size 'big', not a byte count"]
+    in_versions, in_publish, download = answers({"refs": wrong_commit, "resolve": no_commit_header},
+                                                versions, publish, verify)
+    assert in_versions == in_publish == bad_refs
+    assert download.startswith("downloading manifest.json failed: Response from ") and "X-Repo-Commit" in download
     assert refs(hub) == before  # nothing committed, nothing tagged
 
-    landed = answers("commit", lambda c: {**c, "commitOid": None}, publish)
-    assert landed == ["the upload commit failed: the Hub answered commit None, not a 40-hex commit id"]
+    intact, landed = answers({"commit": lambda c: {**c, "commitOid": None}}, verify, publish)
+    assert intact["ok"][0].startswith("altered: README.md sha256 differs")  # what verify must not miss
+    assert landed == "the upload commit failed: the Hub answered commit None, not a 40-hex commit id"
     assert refs(hub)[1] == before[1]  # (the Hub may have taken the commit; nothing tags an unknown one)
-
 
 if __name__ == "__main__":
     _client_main(json.loads(sys.argv[1]))
