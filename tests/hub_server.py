@@ -95,6 +95,13 @@ class HubState:
         self.lfs_store: dict[str, bytes] = {}  # sha256 -> bytes uploaded via the LFS PUT href
         self.fail_commits = False  # fault injection: every commit request answers HTTP 500
         self.echo_auth = False  # fault injection: error messages quote the Authorization header they got
+        # hostile answers: endpoint name (info, refs, tree, commit, ...) -> the bytes to send instead of its
+        # JSON, or a function of the JSON object it would send returning the object to send (for resolve,
+        # the file download: a function of its headers)
+        self.broken: dict[str, object] = {}
+        # endpoint name -> an Event its requests wait for (set by the test); `arrived` names those that came
+        self.gate: dict[str, threading.Event] = {}
+        self.arrived: list[str] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answered request
         # (method, path, whether an Authorization header came) of every answered request; never its value
         self.auth_sent: list[tuple[str, str, bool]] = []
@@ -108,6 +115,20 @@ class HubState:
         commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, title, files)
         repo.commits[commit.oid] = commit
         return commit
+
+    def put(self, repo_id: str, files: dict[str, bytes], tag: str | None = None) -> Commit:
+        """Commit FILES onto main of REPO_ID (a public repo, made if new) by hand, as anyone with write
+        access could, without persona's checks; tag it TAG."""
+        with self.lock:
+            repo = self.repos.setdefault(repo_id, Repo(repo_id, private=False))
+            head = repo.branches.get("main")
+            old = repo.commits[head].files if head else {".gitattributes": Blob(GITATTRIBUTES, False)}
+            new = {p: Blob(data, p.endswith(LFS_SUFFIXES)) for p, data in files.items()}
+            commit = self.new_commit(repo, head, "by hand", {**old, **new})
+            repo.branches["main"] = commit.oid
+            if tag:
+                repo.tags[tag] = commit.oid
+            return commit
 
     def corrupt(self, repo_id: str, revision: str, path: str) -> None:
         """Flip one byte of a stored file in place (same size): simulated storage corruption."""
@@ -147,7 +168,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, obj, status: int = 200, headers: dict | None = None):
-        self._send(status, json.dumps(obj).encode(), headers)
+        broken = self.state.broken.get(getattr(self, "endpoint", None)) if status < 400 else None
+        if callable(broken):
+            obj = broken(obj)
+        self._send(status, broken if isinstance(broken, bytes) else json.dumps(obj).encode(), headers)
 
     def _authorized(self) -> bool:
         if self.state.token is None:
@@ -176,6 +200,7 @@ class Handler(BaseHTTPRequestHandler):
         # split on raw "/" before unquoting: revisions and tree paths arrive as one %2F-quoted segment
         seg = [unquote(s) for s in url.path.split("/")[1:]]
         query = parse_qs(url.query)
+        self.endpoint = None  # (a keep-alive connection reuses this handler)
         try:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 # the clients send Content-Length; refuse a chunked body loudly rather than misread it
@@ -190,6 +215,11 @@ class Handler(BaseHTTPRequestHandler):
                     self.state.unknown.append((self.command, url.path))
                 print(f"HUB SERVER: UNHANDLED {self.command} {url.path}", file=sys.stderr, flush=True)
                 raise HubError(501, f"test hub does not implement {self.command} {url.path}")
+            self.endpoint = handler.__name__
+            if handler.__name__ in self.state.gate:  # outside the lock: other requests go on meanwhile
+                with self.state.lock:
+                    self.state.arrived.append(handler.__name__)
+                self.state.gate[handler.__name__].wait(timeout=120)
             with self.state.lock:
                 handler(seg, query)
         except HubError as e:
@@ -402,7 +432,8 @@ class Handler(BaseHTTPRequestHandler):
         if blob is None:
             raise HubError(404, f"{path} does not exist at {commit.oid}", "EntryNotFound")
         headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{blob.etag}"'}
-        self._send(200, blob.data, headers, "application/octet-stream")
+        broken = self.state.broken.get("resolve")  # (here: a function of the headers it would send)
+        self._send(200, blob.data, broken(headers) if broken else headers, "application/octet-stream")
 
 
 class HubServer:

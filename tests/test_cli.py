@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -90,9 +92,63 @@ def test_unknown_build_flag_creates_nothing(tmp_path):
     (["publish", "--no-dryrun"], "unknown flag --no-dryrun for `persona publish` (did you mean --no-dry-run?)"),
     (["build", "--", "--trace"], "unknown flag --trace after --"),
     (["--help", "build"], "unexpected build after --help (for one command: persona COMMAND --help)"),
+    # booleans are flags only: a positional value never lands on one (fire would take `true`, `yes`, `0` ...)
+    (["publish", "d", "org/n", "v1.0.0", "true"], "unexpected argument 'true' for `persona publish`: --private "
+                                                  "is a flag (--private, --no-private or --private=false), never a "
+                                                  "positional value"),
+    (["publish", "d", "org/n", "v1.0.0", "yes"], "unexpected argument 'yes' for `persona publish`: --private "
+                                                 "is a flag (--private, --no-private or --private=false), never a "
+                                                 "positional value"),
+    (["build", "r", "o", "w", "ray", "auto", "2", "0"], "unexpected argument '0' for `persona build`: --verbose "
+                                                        "is a flag (--verbose, --no-verbose or --verbose=false), "
+                                                        "never a positional value"),
+    (["publish", "d", "--private", "yes"], "--private for `persona publish` is true or false, not 'yes'"),
+    (["publish", "d", "o/n", "v1.0.0", "x"], "unexpected argument 'x' for `persona publish`: --private is a flag "
+                                             "(--private, --no-private or --private=false), never a positional value"),
+    # numbers as a person writes them, in range; not what Python's int() / float() also accept
+    (["eval", "--max-model-len", "1e3"], "--max-model-len for `persona eval` takes an integer, not '1e3'"),
+    (["eval", "--seed", "1_000"], "--seed for `persona eval` takes an integer, not '1_000'"),
+    (["eval", "--max-tokens", "0x10"], "--max-tokens for `persona eval` takes an integer, not '0x10'"),
+    (["eval", "--pairs", "-1"], "--pairs for `persona eval` must be >= 0 (0: all), not -1"),
+    (["eval", "--seed=-5"], "--seed for `persona eval` must be in [0, 2**63), not -5"),
+    (["eval", "--seed", "9" * 40], f"--seed for `persona eval` takes an integer, not '{'9' * 40}'"),
+    (["eval", "--top-p", "nan"], "--top-p for `persona eval` takes a number, not 'nan'"),
+    (["eval", "--temperature", "inf"], "--temperature for `persona eval` takes a number, not 'inf'"),
+    (["eval", "--temperature", "1e999"], "--temperature for `persona eval` takes a number, not '1e999'"),
+    (["eval", "--top-p", "1.5"], "--top-p for `persona eval` must be in (0, 1], not 1.5"),
+    (["eval", "--kv-cache-gib", "0"], "--kv-cache-gib for `persona eval` must be > 0, not 0"),
+    (["eval", "--personas", "0"], "--personas for `persona eval` must be >= 1, not 0"),
+    (["plan", "--tokens-per-s", "-5"], "--tokens-per-s for `persona plan` must be > 0, not -5"),
+    (["plan", "--tokens-per-s", "NaN"], "--tokens-per-s for `persona plan` takes a number, not 'NaN'"),
+    (["build", "--replicas", "0"], "--replicas for `persona build` must be >= 1, not 0"),
 ])
 def test_refused_before_running(capsys, args, expected):
     assert one_line_error(in_process(capsys, *args)) == f"persona: error: {expected}"
+
+
+def test_every_numeric_flag_has_a_range():
+    """A new int or float parameter must say its range (RANGES) before the command line takes it."""
+    from builder.cli import COMMANDS, RANGES, _kind, _params
+
+    numeric = {p.name for fn in COMMANDS.values() for p in _params(fn)
+               if p.kind is not p.VAR_POSITIONAL and _kind(fn, p.name) in (int, float)}
+    assert numeric == set(RANGES)
+
+
+def test_positional_booleans_send_nothing(tmp_path):
+    """`persona publish DIR ORG/NAME v1.0.0 true` once made a real upload and tag, in a public repo."""
+    hub = HubServer(token=TOKEN).start()
+    try:
+        folder = tmp_path / "built"
+        build_folder(folder, seed=1)
+        hub_env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
+        for extra in (["true"], ["false", "true"], ["0", "1"], ["yes"]):
+            line = one_line_error(persona("publish", folder, REPO, "v1.0.0", *extra, **hub_env))
+            assert line.startswith(f"persona: error: unexpected argument {extra[0]!r} for `persona publish`: "
+                                   "--private is a flag")
+        assert hub.state.requests == [] and REPO not in hub.state.repos  # not even a read
+    finally:
+        hub.stop()
 
 
 def test_help_lists_commands_and_flags_without_running(capsys):
@@ -158,3 +214,67 @@ def test_user_errors_below_the_cli_are_persona_errors(tmp_path, monkeypatch):
         write_config(tmp_path / "out", "c", "train", table, Features.from_arrow_schema(table.schema))
     assert isinstance(e.value, OSError) and e.value.filename == str(tmp_path / "out" / "c" / "train-00000.parquet.tmp")
     assert "No space left on device" in str(e.value) and not list((tmp_path / "out" / "c").iterdir())
+
+
+def test_publish_holds_the_output_lock_from_verify_to_tag(tmp_path):
+    """A build cannot swap another folder in while publish uploads the one it verified."""
+    from builder import folders
+
+    hub = HubServer(token=TOKEN).start()
+    try:
+        folder = tmp_path / "built"
+        build_folder(folder, seed=1)
+        hub_env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
+        lock = folders.output_lock(folder)
+        with folders.exclusive(lock, "a build"):  # a build holds the folder: publish waits for nothing, sends nothing
+            line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", **hub_env))
+        assert line == (f"persona: error: output folder {folder} is in use by another persona process "
+                        f"(pid {os.getpid()}; lock {lock})")
+        assert hub.state.requests == []
+
+        # publish is uploading (the Hub holds its commit): a build of the same folder is refused, naming it
+        hub.state.gate["commit"] = threading.Event()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PERSONA_"))}
+        env.update({"PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: str(v) for k, v in hub_env.items()}})
+        publishing = subprocess.Popen([sys.executable, "-m", "builder.cli", "publish", str(folder), "--repo", REPO,
+                                       "--version", "v1.0.0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "commit" not in hub.state.arrived and publishing.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "commit" in hub.state.arrived, publishing.communicate(timeout=60)
+            (tmp_path / "recipe.toml").write_text(recipe_text(tmp_path))
+            line = one_line_error(persona("build", "--recipe", "recipe.toml", "--out", folder, cwd=tmp_path))
+            assert line.startswith(f"persona: error: output folder {folder} is in use by another persona process "
+                                   f"(pid {publishing.pid}; ")
+        finally:
+            hub.state.gate["commit"].set()
+            out, err = publishing.communicate(timeout=120)
+        assert publishing.returncode == 0, err[-3000:]
+        assert list(hub.state.repos[REPO].tags) == ["v1.0.0"]
+    finally:
+        hub.stop()
+
+
+def test_hub_file_names_cannot_drive_the_terminal(tmp_path):
+    """Names from a Hub listing are printed escaped (a bidi override, a C1 CSI); one with ESC is refused."""
+    from tests.test_publish import put_build
+
+    hub = HubServer(token=TOKEN).start()
+    try:
+        folder = tmp_path / "built"
+        build_folder(folder, seed=1)
+        hub_env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
+        put_build(hub, folder, "v1.0.0")
+        hub.state.put(REPO, {"notes/\u202etxt.exe\x9b2J": b"x"}, tag="v1.1.0")
+        p = persona("verify", "--repo", REPO, "--revision", "v1.1.0", **hub_env)
+        assert p.returncode == 1 and p.stdout == "  extra: notes/\\u202etxt.exe\\x9b2J (1 bytes, not in manifest)\n", p.stdout + p.stderr[-3000:]
+        assert p.stderr == f"verify: {REPO}@v1.1.0: 1 problem(s)\n"
+
+        hub.state.put(REPO, {"\x1b[2J\x1b[31mREADME.md": b"x"}, tag="v1.2.0")
+        line = one_line_error(persona("verify", "--repo", REPO, "--revision", "v1.2.0", **hub_env))
+        assert line == ("persona: error: listing files failed: the Hub answered path '\\x1b[2J\\x1b[31mREADME.md', "
+                        "not a relative file path")
+    finally:
+        hub.stop()

@@ -1,5 +1,6 @@
 """`persona eval`: scoring rules on hand-made answers, then the real engine (tiny random-weight Llama)
 on a whole build: reports, determinism, resume after SIGKILL, a published revision, bad inputs."""
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -274,3 +275,79 @@ def test_bad_inputs_are_one_clear_line(tmp_path, tiny_build):
     assert "has no split 'validation'" in line and "--splits" in line
     line = one_line_error(run_py(["-m", "builder.cli", "eval", "--compare", tmp_path]))
     assert "two or more" in line
+
+
+def test_a_malformed_report_is_one_line_naming_the_key(tmp_path, capsys):
+    """`eval --compare` reads only reports that fit evaluate.REPORT; anything else names file and key."""
+    from builder.cli import main
+
+    good = {"format": "persona-eval/1", "dataset": {"revision": "v1.0.0"},
+            "models": {"subject": {"id": "m", "revision": "r"}, "judge": {"id": "m"}},
+            "pairwise": {"persona": {"overall": {"value": 0.5, "ci95": [0.25, 0.75]}, "position": {"share_choosing_A": 0.5}}},
+            "generative": {"modes": {"baseline": {"value": None, "ci95": None}}},
+            "attribute_probe": {"attributes": {"age": {"kappa": None}}}}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    cases = {
+        "not JSON": ("{", "cannot read an evaluation report (JSONDecodeError: Expecting property name enclosed in "
+                          "double quotes: line 1 column 2 (char 1))"),
+        "a list": ("[1]", "not a persona evaluation report (expected a JSON object)"),
+        "NaN": (json.dumps(good).replace("0.25", "NaN"), "cannot read an evaluation report (ValueError: NaN is not JSON)"),
+        "no judge": ({**good, "models": {"subject": good["models"]["subject"]}}, "models.judge: missing"),
+        "no dataset name": ({**good, "dataset": {}}, "dataset.sha256sums: missing (a report names a revision or a "
+                                                     "local build's SHA256SUMS)"),
+        "ci95 text": ({**good, "pairwise": {"persona": {"overall": {"value": 0.5, "ci95": "wide"}}}},
+                      'pairwise.persona.overall.ci95: expected [low, high], got "wide"'),
+        "bool value": ({**good, "generative": {"modes": {"baseline": {"value": True}}}},
+                       "generative.modes.baseline.value: expected a number or null, got true"),
+        "kappa text": ({**good, "attribute_probe": {"attributes": {"age": {"kappa": "high"}}}},
+                       'attribute_probe.attributes.age.kappa: expected a number or null, got "high"'),
+        "id null": ({**good, "models": {**good["models"], "judge": {"id": None}}},
+                    "models.judge.id: expected a string, got null"),
+    }
+    for name, (report, expected) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(report if isinstance(report, str) else json.dumps(report))
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "--compare", str(tmp_path / "good.json"), str(path)])
+        assert exit_.value.code == 2, name
+        assert capsys.readouterr().err == f"persona: error: {path}: {expected}\n", name
+    main(["eval", "--compare", str(tmp_path / "good.json"), str(tmp_path / "good.json")])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("pairwise, persona, overall"))
+    assert row.count("0.500 [0.250, 0.750]") == 2, row
+
+
+def test_a_hostile_published_manifest_is_one_line(tmp_path):
+    """eval --repo on a manifest listing no preference shard, or a shard that matches its sha256 but is not
+    Parquet: one line each, no traceback, before any model is loaded."""
+    from tests.hub_server import HubServer
+    from tests.test_publish import build, put_build
+
+    folder = tmp_path / "b"
+    build(folder, seed=1)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    shard = "preferences/test_seen-00000-of-00001.parquet"
+    junk = b"not parquet, but the manifest's sha256 says it is the file"
+    no_shards = {**manifest, "splits": {"preferences": {s: {**e, "files": []} for s, e in
+                                                        manifest["splits"]["preferences"].items()}}}
+    not_parquet = {**manifest, "files": [{**f, "bytes": len(junk), "sha256": hashlib.sha256(junk).hexdigest()}
+                                         if f["path"] == shard else f for f in manifest["files"]]}
+    hub = HubServer().start()
+    try:
+        hub.state.put("org/empty", {"manifest.json": json.dumps(no_shards).encode()}, tag="v1.0.0")
+        put_build(hub, folder, "v0.1.0", repo="org/junk")
+        hub.state.put("org/junk", {"manifest.json": json.dumps(not_parquet).encode(), shard: junk}, tag="v1.0.0")
+        hub_env = dict(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_XET="1", HF_HOME=tmp_path / "hf")
+
+        def eval_line(repo):
+            p = subprocess.run([sys.executable, "-m", "builder.cli", "eval", "--repo", repo, "--revision", "v1.0.0",
+                                "--splits", "test_seen", "--out", tmp_path / "out", "--work", tmp_path / "work"],
+                               cwd=ROOT, env=env(**hub_env), capture_output=True, text=True, timeout=300)
+            return one_line_error(p)
+
+        assert eval_line("org/empty") == ("persona: error: org/empty@v1.0.0: the manifest lists no 'preferences' "
+                                          "shard; evaluation needs the preference pairs")
+        line = eval_line("org/junk")
+        assert line.startswith(f"persona: error: org/junk@v1.0.0: {shard} is not a readable Parquet shard ("), line
+    finally:
+        hub.stop()
+    assert hub.state.unknown == []

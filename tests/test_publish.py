@@ -84,6 +84,12 @@ def build(folder: Path, seed: int, train_shards: int = 1) -> dict[str, list[dict
     return rows
 
 
+def put_build(hub: HubServer, folder: Path, tag: str, repo: str = REPO) -> None:
+    """The files of a built folder, committed to REPO on the test hub by hand (no client) and tagged."""
+    hub.state.put(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()},
+                  tag=tag)
+
+
 # --- the client subprocess ---------------------------------------------------------------
 
 def _client_main(steps: list) -> None:
@@ -381,6 +387,55 @@ def test_verify_remote_refuses_a_published_folder_missing_its_pairs(hub, client,
     repo.branches["main"] = repo.tags["v1.1.0"] = commit.oid
     assert client.one("verify", repo=REPO, revision="v1.1.0") == {"ok": [missing]}
 
+
+def test_hostile_hub_answers_are_one_line_errors(hub, client, tmp_path):
+    """Each Hub answer is checked before use: bad JSON, a missing or malformed field is one PublishError
+    (the client subprocess prints it; any other exception fails Client.run). Verify never reads main
+    instead of the tag it was asked for."""
+    build(tmp_path / "b1", seed=1)
+    build(tmp_path / "b2", seed=2)
+    put_build(hub, tmp_path / "b1", "v1.0.0")
+    put_build(hub, tmp_path / "b2", "v1.1.0")  # main = v1.1.0, intact
+    hub.state.corrupt(REPO, "v1.0.0", "README.md")
+    verify = ["verify", {"repo": REPO, "revision": "v1.0.0"}]
+    versions = ["versions", {"repo": REPO}]
+    publish = ["publish", {"path": tmp_path / "b1", "repo": REPO, "version": "v2.0.0"}]
+    before = refs(hub)
+
+    def answers(broken: dict, *steps):  # (one client process per call: they are slow to start)
+        hub.state.broken = broken
+        try:
+            return [r.get("error", r) for r in client.run(*steps)]
+        finally:
+            hub.state.broken = {}
+
+    no_sha = {"info": lambda info: {k: v for k, v in info.items() if k != "sha"}}
+    assert answers(no_sha, verify) == [f"resolving {REPO}@v1.0.0 failed: the Hub answered commit None, "
+                                       "not a 40-hex commit id"]
+    assert answers({"info": b"<html>busy</html>"}, verify, publish) == [
+        f"resolving {REPO}@v1.0.0 failed: the Hub's answer is malformed (JSONDecodeError: Expecting value: "
+        "line 1 column 1 (char 0))",
+        "reading the repo's visibility failed: the Hub's answer is malformed (JSONDecodeError: Expecting value: "
+        "line 1 column 1 (char 0))"]
+    # (verify reads no visibility, publish stops before listing files)
+    wrong_types = {"info": lambda info: {**info, "private": "no"}, "tree": lambda tree: [{**e, "size": "big"} for e in tree]}
+    assert answers(wrong_types, verify, publish) == [
+        "listing files failed: the Hub answered size 'big', not a byte count",
+        "reading the repo's visibility failed: the Hub answered private 'no', not true or false"]
+    # (verify reads no refs, versions and publish download nothing before)
+    no_commit_header = lambda headers: {k: v for k, v in headers.items() if k != "X-Repo-Commit"}  # noqa: E731
+    wrong_commit = lambda refs: {**refs, "tags": [{**t, "targetCommit": "main"} for t in refs["tags"]]}  # noqa: E731
+    bad_refs = "reading the repo's refs failed: the Hub answered commit 'main', not a 40-hex commit id"
+    in_versions, in_publish, download = answers({"refs": wrong_commit, "resolve": no_commit_header},
+                                                versions, publish, verify)
+    assert in_versions == in_publish == bad_refs
+    assert download.startswith("downloading manifest.json failed: Response from ") and "X-Repo-Commit" in download
+    assert refs(hub) == before  # nothing committed, nothing tagged
+
+    intact, landed = answers({"commit": lambda c: {**c, "commitOid": None}}, verify, publish)
+    assert intact["ok"][0].startswith("altered: README.md sha256 differs")  # what verify must not miss
+    assert landed == "the upload commit failed: the Hub answered commit None, not a 40-hex commit id"
+    assert refs(hub)[1] == before[1]  # (the Hub may have taken the commit; nothing tags an unknown one)
 
 if __name__ == "__main__":
     _client_main(json.loads(sys.argv[1]))
