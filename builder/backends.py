@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 
 from generation.engine import Backend, Chunked, ModelSpec, device, engine_args, get_engine
-from generation.errors import PersonaError, redact
+from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
 from generation.server import ServerBackend, ServerError, ServerSpec, serve_command
@@ -90,10 +90,9 @@ def backend_settings(m: ModelConfig) -> dict:
     if not m.server:
         return {"engine": engine_settings(m)}
     info = dict(server_info(m))
-    root = redact(info["root"] or "")  # the server checked it holds no API key; a short key is not checked
+    root = info["root"] or ""
     if os.path.isabs(root) or root.startswith("~"):  # a folder of the server's machine: its name only
-        root = ".../" + os.path.basename(root.rstrip("/"))
-    info["root"] = root if info["root"] is not None else None
+        info["root"] = ".../" + os.path.basename(root.rstrip("/"))
     return {"server": info}
 
 

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, Need, Outcome, Result
 from generation.ids import derive_seed, stable_id
-from generation.server import ServerBackend
 
 from .recipe import ModelConfig, Recipe, RoleConfig
 from .store import RequestStore, Stored, StoreError
@@ -97,7 +96,7 @@ class StoreRunner:
         if model not in self.backends:
             backend = self.backend_for(self.cfg.models[model])
             _check_rehearsal(self.store, backend)
-            if isinstance(backend, ServerBackend):  # the stored answers and the new ones: the same weights
+            if hasattr(backend, "check_recorded"):  # a server: the stored answers and the new ones, the same weights
                 backend.check_recorded(self.store)
             self.backends = {model: backend}
         return self.backends[model]

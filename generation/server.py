@@ -246,7 +246,8 @@ class ServerBackend:
             raise ServerError(f"{url}: the root of {self.spec.model!r} is not a printable string: {_json(root)}")
         if not (max_len is None or _count(max_len, MAX_COUNT) and max_len > 0):
             raise ServerError(f"{url}: the max_model_len of {self.spec.model!r} is not a count: {_json(max_len)}")
-        return {"id": self.spec.model, "root": root, "max_model_len": max_len}
+        # recorded in the store and the manifest: a key too short to refuse is still redacted
+        return {"id": self.spec.model, "root": root if root is None else redact(root), "max_model_len": max_len}
 
     def check(self) -> dict:
         """GET /models on every server: refuse one that does not serve `spec.model`, or serves it from other
