@@ -400,6 +400,11 @@ def main(argv=None):
             traceback.print_exc()
         print(f"persona: error: {printable(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: what was committed stays, the same command resumes from it
+        if debug:
+            traceback.print_exc()
+        print("persona: interrupted (a build keeps the answers it stored and resumes from them)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

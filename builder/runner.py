@@ -100,6 +100,8 @@ class StoreRunner:
         if model not in self.backends:
             backend = self.backend_for(self.cfg.models[model])
             _check_rehearsal(self.store, backend)
+            if hasattr(backend, "check_recorded"):  # a server: the stored answers and the new ones, the same weights
+                backend.check_recorded(self.store)
             self.backends = {model: backend}
         return self.backends[model]
 

@@ -3,12 +3,35 @@
 The CLI prints a PersonaError as one line and exits 2; any other exception is a bug in persona and
 keeps its traceback. Lives in `generation` because both `generation` and `builder` raise it and
 `generation` never imports `builder`.
+
+Secrets (a server's API key) are registered with `secret()` and replaced by "***" where text leaves the
+process: a PersonaError's message and every log line.
 """
+from __future__ import annotations
+
 import re
+
+_SECRETS: set[str] = set()
+
+
+def secret(value: str) -> str:
+    """Register `value` as a secret of this process (redacted from now on); returns it."""
+    if value:
+        _SECRETS.add(value)
+    return value
+
+
+def redact(text: str) -> str:
+    for value in sorted(_SECRETS, key=len, reverse=True):  # a longer secret may contain a shorter one
+        text = text.replace(value, "***")
+    return text
 
 
 class PersonaError(Exception):
     """A one-line, user-facing reason; `persona --debug` (or PERSONA_DEBUG=1) shows the traceback too."""
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 # C0 and C1 controls (ESC starts a terminal escape sequence) and the bidi controls (U+202E reverses

@@ -9,12 +9,14 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import redact
+
 log = logging.getLogger("persona")
 
 
 class _Format(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))  # a server's API key never reaches the console
         return f"[persona] {text}" if record.levelno < logging.WARNING else f"[persona] {record.levelname}: {text}"
 
 

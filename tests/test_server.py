@@ -93,7 +93,7 @@ class Scripted(http.server.ThreadingHTTPServer):
 
 
 def completion(text="hello", finish="stop") -> dict:
-    return {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+    return {"model": "test/model", "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
             "usage": {"prompt_tokens": 7, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}}}
 
 
