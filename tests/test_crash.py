@@ -231,7 +231,7 @@ def test_bad_input_is_one_clear_line_and_keeps_what_was_built(reference, tmp_pat
     recipe = make_recipe(tmp_path / "recipe.toml", reference["model"], census, prompts, model_path=model_path)
     out, work = copy_output(reference, tmp_path / "persona"), tmp_path / "work"
     sums = (out / "SHA256SUMS").read_text()
-    # the prompts are read after the personas are enriched: those answers are already stored here
+    # a store from an earlier run: a bad input found at start-up must leave its answers untouched
     store = seed_store(recipe, work, reference["store"]) if case in PROMPT_CASES else None
     rows = rows_by_role(store) if store else 0
 

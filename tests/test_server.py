@@ -298,7 +298,8 @@ def reference(setup):
 
 def server_recipe(path: Path, reference, url: str, **model) -> Path:
     """The reference recipe with its model on the server. Its revision is pinned to the digest the
-    in-process build recorded for the folder, so request ids and the `*_model` columns are the same."""
+    in-process build recorded for the folder, so the `*_model` columns are the same (request ids differ:
+    a server model's engine fingerprint holds no vLLM version, so nothing is reused across the two)."""
     from generation.models import model_revision
     data = load_toml(reference["recipe"])
     m = data["models"]["m"]
