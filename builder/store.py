@@ -34,6 +34,7 @@ class Stored:
     output_tokens: int
     cached_tokens: int
     finish_reason: str
+    retry_output_tokens: int = 0  # output tokens of the attempts retried before this one (decode spent, then discarded)
 
 
 _SCHEMA = """
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS results (
     prompt_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL,
-    finish_reason TEXT NOT NULL
+    finish_reason TEXT NOT NULL,
+    retry_output_tokens INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -83,6 +85,9 @@ class RequestStore:
                 if problems != ["ok"]:
                     raise sqlite3.DatabaseError(f"damaged ({'; '.join(problems)})")
                 self.db.executescript(_SCHEMA)
+                columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+                if "retry_output_tokens" not in columns:  # a store written before retries were counted
+                    self.db.execute("ALTER TABLE results ADD COLUMN retry_output_tokens INTEGER NOT NULL DEFAULT 0")
                 self.n = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
         except StoreError:
             self.db.close()
@@ -134,9 +139,9 @@ class RequestStore:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             added = self.db.executemany(
-                "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(r.request_id, r.role, r.key, int(r.ok), r.text, r.reason, r.attempts, r.prompt_tokens,
-                  r.output_tokens, r.cached_tokens, r.finish_reason) for r in rows],
+                  r.output_tokens, r.cached_tokens, r.finish_reason, r.retry_output_tokens) for r in rows],
             ).rowcount
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
