@@ -9,11 +9,13 @@ from generation.pairs import (
     CRITIC_INSTRUCTION,
     REVISER_INSTRUCTION,
     PairsError,
+    RevisionLimits,
     build_pairs,
     check_revision,
     length_report,
     parse_critique,
     parse_revision,
+    revision_budget,
     to_dpo,
 )
 from generation.prompts import assign
@@ -226,6 +228,28 @@ def test_length_control():
     result = build_pairs(personas, prompts, assignment, run2)
     table2 = result.table
     assert len(table2) == 12 and all(a.max_tokens is None for a in run2.calls[2][1])
+
+
+def test_the_revisers_budget_follows_the_answer_it_rewrites():
+    personas, prompts, assignment = _inputs()
+    long_answer = " ".join(["word"] * 700)  # 700 "tokens": longer than the reviser's max_tokens (192)
+
+    def answer(role, ask, attempt):
+        if role == "responder":
+            return long_answer if ask.key == "rejected/q0" else "A short answer."
+        if role == "critic":
+            return "EVALUATION: ok.\nSUGGESTIONS: warmer."
+        return "REVISED PREFERENCE: better."
+
+    run = ScriptedRun(answer)
+    build_pairs(personas, prompts, assignment, run, limits=RevisionLimits(max_tokens=192, max_model_len=2048))
+    budgets = {a.messages[-1]["content"].startswith("QUESTION:\nShould taxes") : a.max_tokens
+               for a in run.calls[2][1]}
+    assert budgets == {True: 700 * 3 // 2 + 16, False: 192}  # the long answer's rewrite fits; short ones keep the floor
+    # bounded by the context left after the prompt, and length control keeps its tighter rule
+    assert revision_budget(700, None, RevisionLimits(192, 1024), prompt_tokens=300) == 1024 - 300
+    assert revision_budget(20, 0.2, RevisionLimits(192, 2048)) == math.ceil(20 * 1.2) + 16
+    assert revision_budget(700, None, None) is None  # no limits known: the role's max_tokens
 
 
 def test_build_pairs_with_nothing_assigned():
