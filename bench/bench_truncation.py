@@ -68,7 +68,7 @@ def seventy_b(n: int = 100_000, seed: int = 20240725) -> list[dict]:
     answers = lognormal(rng, 350, 0.42, n)
     critiques = lognormal(rng, 150, 0.45, n)
     revisions = [round(a * 1.1 * math.exp(rng.gauss(0, 0.15))) + 16 for a in answers]
-    limits = RevisionLimits(768, 8192)
+    limits = RevisionLimits(1168, 8192)  # configs/paper.toml: reviser max_tokens 1168, context 8192
     rows = [summarise("70B responder (max_tokens 768)", answers, [768] * n, 8192 - 100),
             summarise("70B critic (max_tokens 512)", critiques, [512] * n, 8192 - 1500),
             summarise("70B reviser, old budget (768)", revisions, [768] * n, 8192 - 1700),
@@ -90,14 +90,14 @@ def smollm2(n: int) -> dict:
     cfg = RunnerConfig.from_recipe(recipe)
     texts, _ = read_prompts(str(ROOT / recipe.prompts.source) if not Path(recipe.prompts.source).is_absolute()
                             else recipe.prompts.source, recipe.prompts.text_field, recipe.prompts.sha256)
-    questions = filter_prompts(texts)[0][:n]
+    table = filter_prompts(texts)[0].head(n)
     model = recipe.model_for("responder")
     spec, revision = model_spec(model)
     engine = get_engine(spec)
     budget = recipe.roles["responder"].max_tokens
     reqs = []
-    for i, q in enumerate(questions):
-        req = request_for(cfg, "responder", Ask(key=f"rejected/q{i}", messages=[{"role": "user", "content": q}]), revision)
+    for pid, q in zip(table.prompt_id, table.text):
+        req = request_for(cfg, "responder", Ask(key=f"rejected/{pid}", messages=[{"role": "user", "content": q}]), revision)
         reqs.append(req.__class__(**{**req.__dict__, "max_tokens": model.max_model_len - 200}))
     results = generate_all(engine, reqs)
     lengths = [r.output_tokens for r in results]

@@ -108,11 +108,11 @@ def word_bounds(rejected: str, fraction: float) -> tuple[int, int, int]:
 
 HEADER_TOKENS = 16       # room for "REVISED PREFERENCE:" (or the JSON wrapper) on top of the rewritten answer
 REVISION_MARGIN = 0.5    # without length control a rewrite may run this much longer than the answer it rewrites
+MIN_REVISION_TOKENS = 256  # a short answer may well be rewritten longer than 1.5x
 
 
 class RevisionLimits(NamedTuple):
-    """What the reviser's budget is bounded by: the recipe's reviser max_tokens (the floor: a short answer
-    may well be rewritten longer) and the model's max_model_len (the ceiling)."""
+    """What bounds the reviser's budget: the recipe's reviser max_tokens and the model's max_model_len."""
     max_tokens: int
     max_model_len: int
 
@@ -120,22 +120,25 @@ class RevisionLimits(NamedTuple):
 def revision_budget(rejected_tokens: int, length_control: float | None, limits: RevisionLimits | None,
                     prompt_tokens: int = 0) -> int | None:
     """The reviser's max_tokens: a revision rewrites the whole answer, so its budget follows the length of
-    the answer it rewrites, not the responder's max_tokens (equal budgets cut off the revisions of every
-    long answer, and each cut-off is decoded again from token zero with a larger budget).
+    the answer it rewrites instead of being one number for every answer (a flat budget cut off the rewrites of
+    every long answer, each then decoded again from token zero; it also let a looping rewrite of a short answer
+    run on).
 
     - length control f: ceil(rejected_tokens x (1 + f)) + HEADER_TOKENS (a longer rewrite fails the length
       rule anyway);
-    - otherwise: max(reviser max_tokens, ceil(rejected_tokens x (1 + REVISION_MARGIN)) + HEADER_TOKENS);
-    - never more than the context leaves after the prompt (`prompt_tokens`, estimated by the caller).
+    - otherwise: max(MIN_REVISION_TOKENS, ceil(rejected_tokens x (1 + REVISION_MARGIN)) + HEADER_TOKENS);
+    - never more than the recipe's reviser max_tokens (set it to 1.5 x the responder's + 16 so that a rewrite
+      of the longest answer fits, as configs/paper.toml does) nor than the context leaves after the prompt
+      (`prompt_tokens`, estimated by the caller).
     None (the role's max_tokens) when neither length control nor limits are given."""
     if length_control is not None and rejected_tokens:
         budget = math.ceil(rejected_tokens * (1 + length_control)) + HEADER_TOKENS
     elif limits is not None:
-        budget = max(limits.max_tokens, math.ceil(rejected_tokens * (1 + REVISION_MARGIN)) + HEADER_TOKENS)
+        budget = max(MIN_REVISION_TOKENS, math.ceil(rejected_tokens * (1 + REVISION_MARGIN)) + HEADER_TOKENS)
     else:
         return None
     if limits is not None:
-        budget = min(budget, max(limits.max_model_len - prompt_tokens, 1))
+        budget = min(budget, limits.max_tokens, max(limits.max_model_len - prompt_tokens, 1))
     return budget
 
 
