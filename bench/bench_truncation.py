@@ -68,7 +68,7 @@ def seventy_b(n: int = 100_000, seed: int = 20240725) -> list[dict]:
     answers = lognormal(rng, 350, 0.42, n)
     critiques = lognormal(rng, 150, 0.45, n)
     revisions = [round(a * 1.1 * math.exp(rng.gauss(0, 0.15))) + 16 for a in answers]
-    limits = RevisionLimits(1168, 8192)  # configs/paper.toml: reviser max_tokens 1168, context 8192
+    limits = RevisionLimits(1552, 8192)  # configs/paper.toml: reviser max_tokens 1552, context 8192
     rows = [summarise("70B responder (max_tokens 768)", answers, [768] * n, 8192 - 100),
             summarise("70B critic (max_tokens 512)", critiques, [512] * n, 8192 - 1500),
             summarise("70B reviser, old budget (768)", revisions, [768] * n, 8192 - 1700),

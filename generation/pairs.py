@@ -107,8 +107,8 @@ def word_bounds(rejected: str, fraction: float) -> tuple[int, int, int]:
 
 
 HEADER_TOKENS = 16       # room for "REVISED PREFERENCE:" (or the JSON wrapper) on top of the rewritten answer
-REVISION_MARGIN = 0.5    # without length control a rewrite may run this much longer than the answer it rewrites
-MIN_REVISION_TOKENS = 256  # a short answer may well be rewritten longer than 1.5x
+REVISION_MARGIN = 1.0    # without length control a rewrite may run up to twice as long as the answer it rewrites
+MIN_REVISION_TOKENS = 256  # a short answer may well be rewritten longer than that
 
 
 class RevisionLimits(NamedTuple):
@@ -127,7 +127,7 @@ def revision_budget(rejected_tokens: int, length_control: float | None, limits: 
     - length control f: ceil(rejected_tokens x (1 + f)) + HEADER_TOKENS (a longer rewrite fails the length
       rule anyway);
     - otherwise: max(MIN_REVISION_TOKENS, ceil(rejected_tokens x (1 + REVISION_MARGIN)) + HEADER_TOKENS);
-    - never more than the recipe's reviser max_tokens (set it to 1.5 x the responder's + 16 so that a rewrite
+    - never more than the recipe's reviser max_tokens (set it to 2 x the responder's + 16 so that a rewrite
       of the longest answer fits, as configs/paper.toml does) nor than the context leaves after the prompt
       (`prompt_tokens`, estimated by the caller).
     None (the role's max_tokens) when neither length control nor limits are given."""
