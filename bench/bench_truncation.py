@@ -6,7 +6,7 @@ tokens, so each retry throws away exactly the tokens the previous attempt decode
 `retry_output_tokens`). Continuing the cut-off text instead would save those tokens.
 
 1. `--smollm2`: configs/cpu.toml's responder (SmolLM2-135M, its sampling and seeds) answers N PRISM prompts
-   once with a budget as large as the context allows; the retry chain of the real runner (160 -> 320 -> 640,
+   once with 4x its budget + 1; the retry chain of the real runner (160 -> 320 -> 640,
    three attempts) is then read off each answer's one-shot length (same seed, so the same tokens).
 2. A plausible 70B length distribution (lognormal per role, seeded; paper.toml's budgets), with the reviser's
    budget as it was (its max_tokens, 768) and as it is now (generation.pairs.revision_budget).
@@ -98,7 +98,8 @@ def smollm2(n: int) -> dict:
     reqs = []
     for pid, q in zip(table.prompt_id, table.text):
         req = request_for(cfg, "responder", Ask(key=f"rejected/{pid}", messages=[{"role": "user", "content": q}]), revision)
-        reqs.append(req.__class__(**{**req.__dict__, "max_tokens": model.max_model_len - 200}))
+        # 4 x the budget + 1: the runner's chain (160 -> 320 -> 640) only needs to know which budgets it passes
+        reqs.append(req.__class__(**{**req.__dict__, "max_tokens": 4 * budget + 1}))
     results = generate_all(engine, reqs)
     lengths = [r.output_tokens for r in results]
     return summarise(f"SmolLM2 cpu.toml responder (max_tokens {budget}), {n} PRISM prompts", lengths,
