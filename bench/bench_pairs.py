@@ -123,7 +123,7 @@ class Recorder:
 def run_stage(recipe, engine, revisions, people, prompt_table, assignment, store_path):
     from builder.runner import RunnerConfig, StoreRunner
     from builder.store import RequestStore
-    from generation.pairs import build_pairs
+    from generation.pairs import RevisionLimits, build_pairs
 
     recorder = Recorder(engine)
 
@@ -137,7 +137,9 @@ def run_stage(recipe, engine, revisions, people, prompt_table, assignment, store
     engine.llm.reset_prefix_cache()
     t0 = time.perf_counter()
     result = build_pairs(people, prompt_table, assignment, run, recipe.pairs.length_control,
-                         recipe.output.max_attempts, structured=recipe.pairs.structured)
+                         recipe.output.max_attempts, structured=recipe.pairs.structured,
+                         limits=RevisionLimits(recipe.roles["reviser"].max_tokens,
+                                               recipe.model_for("reviser").max_model_len))
     table, stats = result.table, result.counts
     seconds = time.perf_counter() - t0
     return recorder, seconds, run, table, stats

@@ -8,7 +8,7 @@ Benchmarks, each in its own process (their output is shown as they print it):
 3. bench_sampling.py census read + sample of the paper's 1,586 personas from 3.42 M records
 4. bench_server.py   output tokens/s through a vLLM server vs the in-process engine, same requests
 5. bench_ray.py      the Ray executor vs the local engine (only if the file exists)
-then a paper-scale projection of GPU-hours from the measured tokens per request.
+then the paper recipe's GPU-hours, as `persona plan --recipe configs/paper.toml` prints them.
 
 A missed target is printed as MISSED and listed at the end; the exit code is 1 only when a
 benchmark could not run. The machine may be shared: the load average is recorded around each run.
@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from builder.plan import SCALING, THROUGHPUT, params_billion
-
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = ROOT / "BENCHMARKS.md"
@@ -35,13 +33,6 @@ CENSUS = SHARED / "census" / "acs-pums-2024-1yr"
 PY = sys.executable
 TIMEOUT = 90 * 60  # per benchmark (the rehearsal and the one-tenth run are the long ones): a hung run must not hang `make bench`
 
-# --- paper-scale projection inputs -------------------------------------------------------------------
-PAPER_PERSONAS, PAPER_PAIRS = 1586, 317_200
-PAPER_PROMPTS = 3868          # prompts used for pairs (3,000 train + 868 held out): one responder call each
-PAPER_CLASSIFIED = 4652       # PRISM opening prompts the paper classified (one classifier call each)
-# The one GPU-hours formula and its published throughput live in builder/plan.py (`persona plan`).
-REF = THROUGHPUT["H100"]
-PAPER_RATE = REF["tokens_per_s"] * min(1.0, REF["params_b"] / params_billion("Qwen/Qwen2.5-72B-Instruct-AWQ"))
 
 
 def git(*args: str) -> str:
@@ -97,57 +88,18 @@ def run(name: str, cmd: list[str]) -> dict:
             "load_before": before, "load_after": load(), "stderr_tail": tail if rc != 0 else ""}
 
 
-def projection(pairs_json: Path) -> list[str]:
-    """GPU-hours of the paper recipe on one H100, from measured output tokens per request per role."""
-    import tomllib
-    m = json.loads(pairs_json.read_text())
-    paper = tomllib.loads((ROOT / "configs" / "paper.toml").read_text())
-    n_pairs = m["pairs"]
-    per_role = m["per_role"]
-    # requests at paper scale and measured output tokens per request (the 135M CPU model is a proxy)
-    rows = {
-        "responder": (PAPER_PROMPTS, per_role["responder"]),
-        "critic": (PAPER_PAIRS * per_role["critic"]["requests"] / n_pairs, per_role["critic"]),
-        "reviser": (PAPER_PAIRS * per_role["reviser"]["requests"] / n_pairs, per_role["reviser"]),
-    }
-    source = f"bench_pairs ({m['model']}, {n_pairs} pairs)"
-    built = ROOT / "persona" / "manifest.json"  # the CPU demo build (`make dataset`): persona-side roles
-    persona_src = None
-    if built.is_file():
-        b = json.loads(built.read_text())
-        req = b["counts"]["requests"]
-        n = max(b["counts"]["personas"], 1)
-        classified = max(req.get("prompt_classifier", {}).get("requests", 0), 1)
-        for role, count in (("persona_filler", PAPER_PERSONAS * req["persona_filler"]["requests"] / n),
-                            ("consistency_judge", PAPER_PERSONAS * req["consistency_judge"]["requests"] / n),
-                            ("prompt_classifier", PAPER_CLASSIFIED * req["prompt_classifier"]["requests"] / classified)):
-            rows[role] = (count, req[role])
-        persona_src = f"persona/manifest.json ({b['models']['persona_filler']['id']}, {n} personas)"
-    out = ["| role | requests at paper scale | prompt tokens / request (not from cache) | output tokens / request "
-           "(measured) | output tokens, total | bound: paper.toml max_tokens, total |", "|---|---:|---:|---:|---:|---:|"]
-    total = bound = fresh = 0.0
-    for role, (count, r) in rows.items():
-        n = max(r["requests"], 1)
-        per, prompt = r["output_tokens"] / n, r["prompt_tokens"] / n
-        uncached = (r["prompt_tokens"] - r.get("cached_tokens", 0)) / n  # the manifest has no cache counts
-        cap = paper["roles"][role]["max_tokens"]
-        total, bound, fresh = total + count * per, bound + count * cap, fresh + count * uncached
-        out.append(f"| {role} | {count:,.0f} | {prompt:.0f} ({uncached:.0f}) | {per:.0f} | {count * per / 1e6:.1f} M | "
-                   f"{count * cap / 1e6:.1f} M |")
-    hours, hours_bound = total / PAPER_RATE / 3600, bound / PAPER_RATE / 3600
-    out += ["",
-            f"- Token counts: responder, critic, reviser from {source} (retries included); persona filler, judge and "
-            f"classifier from {persona_src or 'nothing: persona/manifest.json is absent (run `make dataset`), so those roles are left out'}.",
-            f"- GPU-hours = TP x T_out / r / 3600 (builder/plan.py, the formula `persona plan` prints), r = "
-            f"{PAPER_RATE:,.0f} output tokens/s per H100 for configs/paper.toml's 72B model ({REF['source']}; "
-            f"{SCALING}): **{hours:.0f} GPU-hours** with the measured token counts, **{hours_bound:.0f}** if every "
-            "request ran to paper.toml's max_tokens (ceiling). Treat as an order of magnitude.",
-            f"- Assumptions: output-token bound (prefill is not counted separately; MLPerf's offline figure includes "
-            f"its own prefill, and here prompt tokens not served from the prefix cache are {fresh / max(total, 1):.1f}x "
-            f"the output tokens); the 135M CPU model writes shorter answers than a 72B model will, so the measured basis "
-            "is a low estimate and the max_tokens basis the ceiling; retry rates are the CPU model's.",
-            ]
-    return out, hours
+def projection() -> tuple[list[str], float]:
+    """GPU-hours of configs/paper.toml: exactly what `persona plan --recipe configs/paper.toml` prints (the one
+    formula, builder.plan.gpu_hours). Its ceiling, not lengths measured here: the models benchmarked here
+    (SmolLM2-135M, a tiny random Llama) write answers of other lengths than the paper's 72B model."""
+    from builder.plan import plan, render
+    from builder.recipe import load_recipe
+
+    pl = plan(load_recipe(ROOT / "configs" / "paper.toml"), None)
+    return ["```", *render(pl).splitlines(), "```", "",
+            "- Ceiling: every answer at max_tokens. A pilot of the paper recipe on its GPU gives measured lengths "
+            "and rate: `persona plan --recipe configs/paper.toml --measured <pilot> --tokens-per-s <its rate>`."], \
+        pl["gpu_hours"]
 
 
 def results_json(tmp: Path, hours: float | None, info: dict, started) -> list[dict]:
@@ -197,12 +149,8 @@ def main() -> int:
         skipped.append("bench_ray.py: not in this checkout")
 
     results = [run(name, cmd) for name, cmd in plan]
-    proj = hours = None
-    if pairs_json.is_file():
-        proj, hours = projection(pairs_json)
-        print("\n=== paper-scale projection\n" + "\n".join(proj), flush=True)
-    else:
-        skipped.append("projection: bench_pairs.py did not finish")
+    proj, hours = projection()
+    print("\n=== paper-scale projection\n" + "\n".join(proj), flush=True)
     minutes = (dt.datetime.now(dt.UTC) - started).total_seconds() / 60
 
     missed = [f"{r['name']}: {line.strip()}" for r in results for line in r["out"] if "MISSED" in line]

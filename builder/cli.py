@@ -52,15 +52,16 @@ class Persona:
              tokens_per_s: float | None = None, json: bool = False):
         """Requests, tokens, disk and GPU-hours of RECIPE, without starting a model.
 
-        Output tokens per request are each role's max_tokens (a ceiling) unless --measured FOLDER (default:
-        the recipe's output folder, when it holds a build) gives measured means. GPU-hours come from a
-        published throughput for --gpu, or --tokens-per-s measured on a pilot run."""
+        Tokens per request are each role's ceiling (max_tokens) unless --measured FOLDER (default: the
+        recipe's output folder, when it holds a build) is a build of the same models and revisions: then its
+        measured means, retries included. GPU-hours = TP x (T_out / r_out + T_in / r_in) / 3600, with decode
+        and prefill rates from a published benchmark for --gpu, or --tokens-per-s measured on a pilot run."""
         from .plan import plan, plan_json, render
         from .recipe import load_recipe
 
         r = load_recipe(recipe)
         folder = Path(measured) if measured else Path(r.output.dir)
-        result = plan(r, folder, gpu=gpu, tokens_per_s=tokens_per_s)
+        result = plan(r, folder, gpu=gpu, tokens_per_s=tokens_per_s, explicit=bool(measured))
         print(plan_json(result) if json else render(result))
 
     def prepare_model(self, name: str = SMOLLM2):

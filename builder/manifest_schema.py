@@ -168,3 +168,24 @@ def _check_manifest(m) -> None:
         _want(n, key_path("counts.pairs", split), int, "a pair count")
     if "personas" in counts:
         _get(counts, "counts", "personas", int, "a persona count")
+    _check_requests_and_models(m, counts)
+
+
+REQUEST_COUNTS = ("requests", "prompt_tokens", "output_tokens", "retries", "retry_output_tokens")
+
+
+def _check_requests_and_models(m: dict, counts: dict) -> None:
+    """counts.requests (per role: requests and tokens, what `persona plan` and the card read) and models (per
+    role: id and revision). Optional, since older manifests lack parts; typed when present."""
+    for role, r in _want(counts.get("requests", {}), "counts.requests", dict, "an object {role: counts}").items():
+        key = key_path("counts.requests", role)
+        _want(r, key, dict, "an object")
+        for name in REQUEST_COUNTS:
+            if name in r or name in REQUEST_COUNTS[:3]:  # retries were recorded later: optional
+                _get(r, key, name, int, "a count")
+    for role, info in _want(m.get("models", {}), "models", dict, "an object {role: model}").items():
+        key = key_path("models", role)
+        _want(info, key, dict, "an object")
+        _get(info, key, "id", str, "a model id")
+        if info.get("revision") is not None:
+            _want(info["revision"], key_path(key, "revision"), str, "a revision or null")

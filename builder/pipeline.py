@@ -185,7 +185,9 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
     log.info(f"pairs: {len(assignment.table):,} pairs for {len(people)} personas")
     pair_stage = pairs.build_pairs(people, prompt_stage.table, assignment.table, run, p.length_control,
-                                   recipe.output.max_attempts, structured=p.structured)
+                                   recipe.output.max_attempts, structured=p.structured,
+                                   limits=pairs.RevisionLimits(recipe.roles["reviser"].max_tokens,
+                                                               recipe.model_for("reviser").max_model_len))
     prefs = pair_stage.table
     if prefs.empty:
         raise BuildError(f"no preference pair survived generation (rejects: "

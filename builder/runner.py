@@ -76,7 +76,8 @@ class StoreRunner:
         self.backends: dict[str, Backend] = {}  # model name -> backend, once asked for
         self.stats: dict[str, dict] = defaultdict(lambda: {"requests": 0, "ok": 0, "rejects": Counter(),
                                                            "prompt_tokens": 0, "output_tokens": 0,
-                                                           "retries": 0, "truncated_kept": 0})
+                                                           "retries": 0, "retry_output_tokens": 0,
+                                                           "truncated_kept": 0})
 
     def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]:
         keys = [a.key for a in asks]
@@ -112,6 +113,7 @@ class StoreRunner:
         st["prompt_tokens"] += s.prompt_tokens
         st["output_tokens"] += s.output_tokens
         st["retries"] += s.attempts - 1
+        st["retry_output_tokens"] += s.retry_output_tokens  # decoded, then thrown away by a retry
         st["truncated_kept"] += s.ok and s.finish_reason == "length"
         if not s.ok:
             st["rejects"][reason_category(s.reason)] += 1
@@ -151,6 +153,7 @@ class _Pending(NamedTuple):
     need: Need
     request: ChatRequest        # the attempt to send next
     attempt: int                # 0-based
+    wasted: int = 0             # output tokens of the attempts before this one (stored as retry_output_tokens)
 
 
 class _Loop:
@@ -327,10 +330,10 @@ class _Loop:
                 # the next attempt's seed, keeping a budget a truncation retry may have raised
                 retry = dataclasses.replace(self.r.request(need, p.attempt + 1), max_tokens=req.max_tokens)
         if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.max_attempts:
-            self.queue(_Pending(need, retry, p.attempt + 1), min(self.waiting[req.id]))
+            self.queue(_Pending(need, retry, p.attempt + 1, p.wasted + res.output_tokens), min(self.waiting[req.id]))
             return
         s = Stored(req.id, need.role, need.ask.key, reason is None, res.text, reason, p.attempt + 1,
-                   res.prompt_tokens, res.output_tokens, res.cached_tokens, res.finish_reason)
+                   res.prompt_tokens, res.output_tokens, res.cached_tokens, res.finish_reason, p.wasted)
         self.buffer[s.request_id] = s
         self.account(s)
         out = self.outcome(need, s, value)

@@ -39,6 +39,7 @@ class Stored:
     output_tokens: int
     cached_tokens: int
     finish_reason: str
+    retry_output_tokens: int = 0  # output tokens of the attempts retried before this one (decode spent, then discarded)
 
 
 _SCHEMA = """
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS results (
     output_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL,
     finish_reason TEXT NOT NULL,
+    retry_output_tokens INTEGER NOT NULL DEFAULT 0,
     digest TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,7 +76,7 @@ _FIELDS = [f.name for f in dataclasses.fields(Stored)]
 def _values(s: Stored) -> tuple:
     """A row's columns as stored (ok as 0 / 1), in _FIELDS order."""
     return (s.request_id, s.role, s.key, int(s.ok), s.text, s.reason, s.attempts, s.prompt_tokens, s.output_tokens,
-            s.cached_tokens, s.finish_reason)
+            s.cached_tokens, s.finish_reason, s.retry_output_tokens)
 
 
 def digest(s: Stored) -> str:
@@ -114,7 +116,10 @@ class RequestStore:
                 if problems != ["ok"]:
                     raise sqlite3.DatabaseError(f"damaged ({'; '.join(problems)})")
                 self.db.executescript(_SCHEMA)
-                self._add_digests()
+                columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+                if "retry_output_tokens" not in columns:  # a store written before retries were counted
+                    self.db.execute("ALTER TABLE results ADD COLUMN retry_output_tokens INTEGER NOT NULL DEFAULT 0")
+                self._add_digests()  # after every other column exists: the digest covers them all
                 self.n = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
         except StoreError:
             self.db.close()

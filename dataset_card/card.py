@@ -231,14 +231,17 @@ def funnel(m: dict) -> str:
         # recipe with output.truncated = "keep" kept as they were
         rows = [[role, _num(r.get("requests")), _num(r.get("ok")), _num(sum(r.get("rejects", {}).values())),
                  _num(r.get("rejects", {}).get("truncated", 0)), _num(r.get("truncated_kept", 0)),
-                 _num(r.get("retries", 0)), _num(r.get("prompt_tokens")), _num(r.get("output_tokens"))]
+                 _num(r.get("retries", 0)), _num(r.get("retry_output_tokens", 0)), _num(r.get("prompt_tokens")),
+                 _num(r.get("output_tokens"))]
                 for role, r in sorted(req.items())]
         out += ["**Model requests**", "", "| role | requests | ok | rejected | of which truncated | truncated, kept "
-                "| retries | prompt tokens | output tokens |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|", _rows(rows), "",
+                "| retries | output tokens of retried attempts | prompt tokens | output tokens |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", _rows(rows), "",
                 "An answer that stopped at `max_tokens` is asked again with a larger budget; one still cut off is "
                 "rejected as truncated (never used as a chosen or rejected text) unless the recipe says "
-                "`output.truncated = \"keep\"`. Retries: extra attempts after an unusable or cut-off answer.", ""]
+                "`output.truncated = \"keep\"`. Retries: extra attempts after an unusable or cut-off answer; the "
+                "tokens those attempts decoded before being thrown away are counted apart from the output tokens "
+                "of the answers kept.", ""]
     return "\n".join(out) or "(no counts recorded)\n"
 
 

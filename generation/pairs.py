@@ -106,21 +106,52 @@ def word_bounds(rejected: str, fraction: float) -> tuple[int, int, int]:
     return n, math.floor(n * (1 - fraction)), math.ceil(n * (1 + fraction))
 
 
-HEADER_TOKENS = 16  # room for "REVISED PREFERENCE:" on top of the length-controlled answer
+HEADER_TOKENS = 16       # room for "REVISED PREFERENCE:" (or the JSON wrapper) on top of the rewritten answer
+REVISION_MARGIN = 1.0    # without length control a rewrite may run up to twice as long as the answer it rewrites
+MIN_REVISION_TOKENS = 256  # a short answer may well be rewritten longer than that
+
+
+class RevisionLimits(NamedTuple):
+    """What bounds the reviser's budget: the recipe's reviser max_tokens and the model's max_model_len."""
+    max_tokens: int
+    max_model_len: int
+
+
+def revision_budget(rejected_tokens: int, length_control: float | None, limits: RevisionLimits | None,
+                    prompt_tokens: int = 0) -> int | None:
+    """The reviser's max_tokens: a revision rewrites the whole answer, so its budget follows the length of
+    the answer it rewrites instead of being one number for every answer (a flat budget cut off the rewrites of
+    every long answer, each then decoded again from token zero; it also let a looping rewrite of a short answer
+    run on).
+
+    - length control f: ceil(rejected_tokens x (1 + f)) + HEADER_TOKENS (a longer rewrite fails the length
+      rule anyway);
+    - otherwise: max(MIN_REVISION_TOKENS, ceil(rejected_tokens x (1 + REVISION_MARGIN)) + HEADER_TOKENS);
+    - never more than the recipe's reviser max_tokens (set it to 2 x the responder's + 16 so that a rewrite
+      of the longest answer fits, as configs/paper.toml does) nor than the context leaves after the prompt
+      (`prompt_tokens`, estimated by the caller).
+    None (the role's max_tokens) when neither length control nor limits are given."""
+    if length_control is not None and rejected_tokens:
+        budget = math.ceil(rejected_tokens * (1 + length_control)) + HEADER_TOKENS
+    elif limits is not None:
+        budget = max(MIN_REVISION_TOKENS, math.ceil(rejected_tokens * (1 + REVISION_MARGIN)) + HEADER_TOKENS)
+    else:
+        return None
+    if limits is not None:
+        budget = min(budget, limits.max_tokens, max(limits.max_model_len - prompt_tokens, 1))
+    return budget
 
 
 def revise_ask(pair_id: str, persona: str, question: str, rejected: str, critique: str,
-               length_control: float | None = None, rejected_tokens: int | None = None,
+               length_control: float | None = None, max_tokens: int | None = None,
                attempt: int = 0, feedback: str | None = None, structured: bool = False) -> Ask:
-    """The reviser's request. Per-pair parts (length target, feedback on a failed attempt) go at the
-    end of the user message so the system message, and so the cached prefix, stays the same."""
+    """The reviser's request (`max_tokens` from `revision_budget`). Per-pair parts (length target, feedback
+    on a failed attempt) go at the end of the user message so the system message, and so the cached
+    prefix, stays the same."""
     user = f"QUESTION:\n{question}\n\nANSWER:\n{rejected}\n\nCRITIQUE:\n{critique}"
-    max_tokens = None
     if length_control is not None:
         target, low, high = word_bounds(rejected, length_control)
         user += f"\n\nLENGTH: about {target} words (between {low} and {high})."
-        if rejected_tokens:
-            max_tokens = math.ceil(rejected_tokens * (1 + length_control)) + HEADER_TOKENS
     if feedback:
         user += f"\n\nNOTE: {feedback}"
     key = f"revise/{pair_id}" if attempt == 0 else f"revise/{pair_id}/retry{attempt}"
@@ -293,7 +324,8 @@ class _Pair(NamedTuple):
     revisions: int
 
 
-def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempts: int, structured: bool) -> Flow:
+def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempts: int, structured: bool,
+               limits: RevisionLimits | None = None) -> Flow:
     """responder -> critic -> reviser for one pair, each request sent as soon as the one before is
     answered. Revisions failing "identical" or "length" are asked again (new key, a note on what was
     wrong) up to max_attempts in all; format failures are retried by the runner itself."""
@@ -308,9 +340,11 @@ def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempt
     if not c.ok:
         return reject("critique", c, critiqued=True)
     critique, feedback = format_critique(c.value), None
+    # the reviser's prompt is about the critic's (same persona, question and answer) plus the critique
+    budget = revision_budget(a.output_tokens, length_control, limits, c.prompt_tokens + c.output_tokens)
     for attempt in range(max_attempts):
         o = yield Need("reviser", revise_ask(p["pair_id"], persona, question, a.value, critique, length_control,
-                                             a.output_tokens, attempt, feedback, structured), parse_revision)
+                                             budget, attempt, feedback, structured), parse_revision)
         if not o.ok:
             return reject("chosen", o, critiqued=True, revisions=attempt + 1)
         try:
@@ -332,13 +366,14 @@ def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempt
 
 def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame, run,
                 length_control: float | None = None, max_attempts: int = 3,
-                structured: bool = False) -> StageResult:
+                structured: bool = False, limits: RevisionLimits | None = None) -> StageResult:
     """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split],
     one flow per pair (`_pair_flow`), all streamed through `run` at once.
 
-    `length_control` (None or e.g. 0.15): the reviser is told a target length in words and its
-    max_tokens is the rejected answer's tokens x (1 + fraction); a revision outside +-fraction in words
-    is a "length" failure. Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
+    `length_control` (None or e.g. 0.15): the reviser is told a target length in words and a revision
+    outside +-fraction in words is a "length" failure. The reviser's max_tokens follows the rejected
+    answer's length (`revision_budget`, bounded by `limits`: the recipe's reviser max_tokens and the
+    model's max_model_len). Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
     test_unseen], persona_id, prompt_id), its counts, and every excluded pair as a reject
     {id: pair_id, step, reason, raw}, so rows + rejects == assigned pairs.
     """
@@ -352,7 +387,7 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     # persona-major order: the requests of one persona are in flight together and share their prefix
     pairs = assignment.sort_values(["persona_id", "split", "prompt_id"], kind="stable").to_dict("records")
     done = run_flows(run, [_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
-                                      max_attempts, structured) for p in pairs], "pairs")
+                                      max_attempts, structured, limits) for p in pairs], "pairs")
     rejects = [d.reject for d in done if d.reject is not None]
     table = pd.DataFrame([d.row for d in done if d.row is not None], columns=COLUMNS).sort_values(
         ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)

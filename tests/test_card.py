@@ -51,9 +51,11 @@ MANIFEST = {
         "assignment": {"pairs": 317250, "personas": 1523},
         "pairs": {"train": 253600, "test_seen": 31800, "test_unseen": 31811},
         "requests": {"critic": {"requests": 317250, "ok": 317240, "rejects": {"invalid JSON": 10},
-                                "prompt_tokens": 9000000, "output_tokens": 800000},
+                                "prompt_tokens": 9000000, "output_tokens": 800000, "retries": 12,
+                                "retry_output_tokens": 6144},
                      "reviser": {"requests": 317240, "ok": 317211, "rejects": {"identical": 29},
-                                 "prompt_tokens": 9500000, "output_tokens": 900000}},
+                                 "prompt_tokens": 9500000, "output_tokens": 900000, "retries": 3,
+                                 "retry_output_tokens": 2304}},
     },
     # a persona breaking two rules counts under each: 80 rule breaks for 77 rejected personas
     "rejects": {"personas": {"householder_family_mismatch": 50, "birthplace_vs_citizenship": 20,
@@ -229,7 +231,8 @@ def test_funnel_adds_up_and_equals_the_manifest(card_text):
 
     requests = {r[0]: [num(x) for x in r[1:]] for r in table(card_text, "| role | requests")}
     assert requests == {role: [r["requests"], r["ok"], sum(r["rejects"].values()), r["rejects"].get("truncated", 0),
-                               r.get("truncated_kept", 0), r.get("retries", 0), r["prompt_tokens"], r["output_tokens"]]
+                               r.get("truncated_kept", 0), r.get("retries", 0), r["retry_output_tokens"], r["prompt_tokens"],
+                               r["output_tokens"]]
                         for role, r in c["requests"].items()}
     assert "| count | value" not in card_text  # the flattened dump is gone
 

@@ -9,11 +9,13 @@ from generation.pairs import (
     CRITIC_INSTRUCTION,
     REVISER_INSTRUCTION,
     PairsError,
+    RevisionLimits,
     build_pairs,
     check_revision,
     length_report,
     parse_critique,
     parse_revision,
+    revision_budget,
     to_dpo,
 )
 from generation.prompts import assign
@@ -226,6 +228,29 @@ def test_length_control():
     result = build_pairs(personas, prompts, assignment, run2)
     table2 = result.table
     assert len(table2) == 12 and all(a.max_tokens is None for a in run2.calls[2][1])
+
+
+def test_the_revisers_budget_follows_the_answer_it_rewrites():
+    personas, prompts, assignment = _inputs()
+    long_answer = " ".join(["word"] * 700)  # 700 "tokens"
+
+    def answer(role, ask, attempt):
+        if role == "responder":
+            return long_answer if ask.key == "rejected/q0" else "A short answer."
+        if role == "critic":
+            return "EVALUATION: ok.\nSUGGESTIONS: warmer."
+        return "REVISED PREFERENCE: better."
+
+    run = ScriptedRun(answer)
+    build_pairs(personas, prompts, assignment, run, limits=RevisionLimits(max_tokens=1552, max_model_len=8192))
+    budgets = {a.messages[-1]["content"].startswith("QUESTION:\nShould taxes"): a.max_tokens for a in run.calls[2][1]}
+    assert budgets == {True: 2 * 700 + 16, False: 256}  # the long answer's rewrite fits; short ones get 256
+    # bounded by the recipe's reviser max_tokens and by the context left after the prompt
+    assert revision_budget(900, None, RevisionLimits(1552, 8192)) == 1552
+    assert revision_budget(700, None, RevisionLimits(1552, 1024), prompt_tokens=300) == 1024 - 300
+    assert revision_budget(3, None, RevisionLimits(48, 8192)) == 48  # a recipe's small max_tokens still rules
+    assert revision_budget(20, 0.2, RevisionLimits(1552, 8192)) == math.ceil(20 * 1.2) + 16  # length control
+    assert revision_budget(700, None, None) is None  # no limits known: the role's max_tokens
 
 
 def test_build_pairs_with_nothing_assigned():

@@ -125,6 +125,23 @@ def test_a_truncated_answer_is_retried_with_a_larger_budget_then_rejected(tmp_pa
     assert run.summary()["responder"]["rejects"] == {"truncated": 1}
 
 
+def test_retries_and_the_tokens_they_threw_away_are_counted_per_role_and_stored(tmp_path):
+    class Cut(Backend):  # a cut-off answer is exactly max_tokens long
+        def poll(self):
+            budget = {q.id: q.max_tokens for q in self.queue}
+            return [dataclasses.replace(r, output_tokens=budget[r.id]) if r.finish_reason == "length" else r
+                    for r in super().poll()]
+
+    backend = Cut(finish=lambda req: "stop" if req.max_tokens >= 64 else "length")
+    run = runner(tmp_path, backend)
+    assert run("responder", [build_ask("a")])["a"].ok
+    got = run.summary()["responder"]
+    assert got["retries"] == 2 and got["retry_output_tokens"] == 16 + 32  # decoded twice from token zero
+    again = runner(tmp_path, Backend())  # resumed: the count comes from the store, not from this process
+    again("responder", [build_ask("a")])
+    assert again.summary()["responder"]["retry_output_tokens"] == 48
+
+
 def test_the_budget_never_grows_past_the_models_context(tmp_path):
     backend = Backend(finish=lambda req: "length")
     run = runner(tmp_path, backend, max_model_len=30)  # 10 prompt tokens: room for 19

@@ -19,6 +19,21 @@ def _row(i, text="t"):
     return Stored(f"id{i}", "responder", f"k{i}", True, text, None, 1, 3, 4, 0, "stop")
 
 
+def test_a_store_written_before_retry_tokens_were_counted_still_resumes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before retry_output_tokens
+        db.execute("CREATE TABLE results (request_id TEXT PRIMARY KEY, role TEXT NOT NULL, key TEXT NOT NULL, "
+                   "ok INTEGER NOT NULL, text TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL, prompt_tokens "
+                   "INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+                   "finish_reason TEXT NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO results VALUES ('id1', 'responder', 'k1', 1, 't', NULL, 2, 3, 4, 0, 'stop')")
+    s = RequestStore(path)
+    old = s.get_many(["id1"])["id1"]
+    assert old.text == "t" and old.attempts == 2 and old.retry_output_tokens == 0
+    s.put_many([Stored("id2", "responder", "k2", True, "t", None, 2, 3, 4, 0, "stop", 7)])
+    assert RequestStore(path).get_many(["id2"])["id2"].retry_output_tokens == 7
+
+
 def test_store_roundtrip_and_no_overwrite(tmp_path):
     s = RequestStore(tmp_path / "s.sqlite")
     s.put_many([_row(1), _row(2)])
