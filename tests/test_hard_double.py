@@ -99,3 +99,24 @@ def test_answers_depend_on_the_request_alone_and_count_real_tokens(prism_file):
     for r in c.poll():
         assert r.text.startswith(got_a[r.id].text)
 
+
+
+@pytest.mark.parametrize("text, kind, debris", [
+    ("fine text " * 200, "revision", None),
+    ("an answer\nPERſONA: leaked", "revision", "PERſONA:"),      # not ASCII: the regex decides, as before
+    ("an answer\n**Evaluation:** leaked", "revision", "**Evaluation:**"),
+    ("an evaluation of the suggestion, revised", "revision", None),  # the words, but not as headers
+    ("text with <|im_end|> in it", "critique", "<|im_end|>"),
+    ("code {content} here", "critique", "{content}"),
+])
+def test_the_quick_tests_before_the_debris_regexes_change_no_verdict(text, kind, debris):
+    """check_debris and _clean skip their regexes when a cheap test shows they cannot match (70B-sized
+    answers made them ~0.3-1 ms each): the verdicts stay the regexes' own."""
+    from generation.pairs import _clean, check_debris
+    if debris is None:
+        check_debris(text, kind)
+    else:
+        with pytest.raises(ValueError, match="template_debris"):
+            check_debris(text, kind)
+    assert _clean("an answer\n---\n***  ") == "an answer"
+    assert _clean("  an answer ending in words ") == "an answer ending in words"
