@@ -122,6 +122,30 @@ def sums(out: Path) -> str:
     return (out / "SHA256SUMS").read_text()
 
 
+def killed_run(r: Path, kill: Path, extra: list, target: int) -> tuple[int, int, int, bool]:
+    """A build killed with SIGKILL once `target` answers are stored, then run again in the same folders:
+    (stored at the kill, target, answers handed over twice, resumed ok)."""
+    from builder.store import RequestStore
+    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json", *extra])
+    count = kill / "work" / "persona" / "requests.sqlite.count"
+    while p.poll() is None:
+        try:
+            if int(count.read_text()) >= target:
+                p.send_signal(signal.SIGKILL)
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    p.wait()
+    at_kill = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
+    first = set((kill / "answered.log").read_text().split())
+    (kill / "answered.log").rename(kill / "answered-1.log")
+    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json", *extra])
+    resumed_ok = p.wait() == 0
+    twice = len(first & set((kill / "answered.log").read_text().split()))
+    return at_kill, target, twice, resumed_ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
@@ -132,20 +156,33 @@ def main() -> int:
     ap.add_argument("--time-scale", type=float, default=0.001,
                     help="--hard: simulated service times x this (1 = a 72B AWQ model on one H100)")
     ap.add_argument("--seed", type=int, default=20240725, help="--hard: where the kill falls")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the killed-and-resumed build while the full build runs (two processes), not after it")
+    ap.add_argument("--adopt-full", action="store_true",
+                    help="a full build of this script is already running in WORK/full: wait for it instead of starting one")
     a = ap.parse_args()
-    if a.work.exists():
-        shutil.rmtree(a.work)
-    a.work.mkdir(parents=True)
-    r = recipe(a.work, a.personas)
+    if a.adopt_full:
+        shutil.rmtree(a.work / "killed", ignore_errors=True)
+        r = a.work / "paper-rehearsal.toml"
+    else:
+        if a.work.exists():
+            shutil.rmtree(a.work)
+        a.work.mkdir(parents=True)
+        r = recipe(a.work, a.personas)
     want = 200 * a.personas
     extra = ["hard", a.slots, a.time_scale] if a.hard else []
     prefix = "rehearsal_hard_" if a.hard else "rehearsal_"
     load0 = os.getloadavg()
 
-    # 1. the full build
+    # 1. the full build (2. may run at the same time: --parallel)
     full, kill = a.work / "full", a.work / "killed"
-    p = start([r, full / "out", full / "work", full / "answered.log", full / "stats.json", *extra])
-    if p.wait() != 0:
+    p = None if a.adopt_full else start([r, full / "out", full / "work", full / "answered.log", full / "stats.json", *extra])
+    frac = random.Random(a.seed).uniform(0.15, 0.85) if a.hard else 0.5
+    if a.parallel or a.adopt_full:  # the full build's request count is not known yet: about 2 per pair
+        killed = killed_run(r, kill, extra, int(frac * 2 * want))
+    while (p.poll() is None) if p else not (full / "stats.json").exists():
+        time.sleep(1)
+    if (p and p.returncode != 0) or not (full / "stats.json").exists():
         print("rehearsal: the full build failed")
         return 1
     load1 = os.getloadavg()
@@ -177,26 +214,9 @@ def main() -> int:
                                                           for k, v in manifest["counts"]["requests"].items()}))
 
     # 2. killed at a seeded random point (--hard) or about half of the requests, then resumed
-    frac = random.Random(a.seed).uniform(0.15, 0.85) if a.hard else 0.5
-    target = int(n_req * frac)
-    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json", *extra])
-    count = kill / "work" / "persona" / "requests.sqlite.count"
-    while p.poll() is None:
-        try:
-            if int(count.read_text()) >= target:
-                p.send_signal(signal.SIGKILL)
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    p.wait()
-    at_kill = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
-    first = set((kill / "answered.log").read_text().split())
-    (kill / "answered.log").rename(kill / "answered-1.log")
-    p = start([r, kill / "out", kill / "work", kill / "answered.log", kill / "stats.json", *extra])
-    resumed_ok = p.wait() == 0
-    second = (kill / "answered.log").read_text().split()
-    twice = len(first & set(second))
+    if not (a.parallel or a.adopt_full):
+        killed = killed_run(r, kill, extra, int(frac * n_req))
+    at_kill, target, twice, resumed_ok = killed
     identical = resumed_ok and sums(kill / "out") == sums(full / "out")
     if resumed_ok and not identical:
         a_, b_ = set(sums(full / "out").splitlines()), set(sums(kill / "out").splitlines())
@@ -205,7 +225,8 @@ def main() -> int:
     print(f"kill -9 at {at_kill:,} stored answers of {n_req:,} (seeded target {target:,}); resumed: "
           f"{'ok' if resumed_ok else 'FAILED'}; SHA256SUMS {'identical' if identical else 'DIFFERENT'}; store rows "
           f"{final:,} (no duplicates: {'yes' if final == n_req else 'NO'}); answered twice: {twice:,} (handed to "
-          f"the runner but not yet committed at the kill; bound: chunk_size or commit_s worth of answers)")
+          f"the runner but not yet committed at the kill; bound: chunk_size or commit_s worth of answers)"
+          + ("; ran beside the full build (--parallel)" if a.parallel or a.adopt_full else ""))
 
     wall_target = HARD_WALL_S if a.hard else TARGETS["rehearsal_wall_s"]
     note = (f"{a.personas} personas; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end of the full "
