@@ -160,8 +160,9 @@ def main() -> int:
                     help="run the killed-and-resumed build while the full build runs (two processes), not after it")
     ap.add_argument("--adopt-full", action="store_true",
                     help="a full build of this script is already running in WORK/full: wait for it instead of starting one")
+    ap.add_argument("--no-kill", action="store_true", help="only the full build (no kill -9 and resume)")
     a = ap.parse_args()
-    if a.adopt_full:
+    if a.adopt_full and not a.no_kill:
         shutil.rmtree(a.work / "killed", ignore_errors=True)
         r = a.work / "paper-rehearsal.toml"
     else:
@@ -178,7 +179,7 @@ def main() -> int:
     full, kill = a.work / "full", a.work / "killed"
     p = None if a.adopt_full else start([r, full / "out", full / "work", full / "answered.log", full / "stats.json", *extra])
     frac = random.Random(a.seed).uniform(0.15, 0.85) if a.hard else 0.5
-    if a.parallel or a.adopt_full:  # the full build's request count is not known yet: about 2 per pair
+    if (a.parallel or a.adopt_full) and not a.no_kill:  # the full build's request count is not known yet: ~2 per pair
         killed = killed_run(r, kill, extra, int(frac * 2 * want))
     while (p.poll() is None) if p else not (full / "stats.json").exists():
         time.sleep(1)
@@ -214,19 +215,21 @@ def main() -> int:
                                                           for k, v in manifest["counts"]["requests"].items()}))
 
     # 2. killed at a seeded random point (--hard) or about half of the requests, then resumed
-    if not (a.parallel or a.adopt_full):
-        killed = killed_run(r, kill, extra, int(frac * n_req))
-    at_kill, target, twice, resumed_ok = killed
-    identical = resumed_ok and sums(kill / "out") == sums(full / "out")
-    if resumed_ok and not identical:
-        a_, b_ = set(sums(full / "out").splitlines()), set(sums(kill / "out").splitlines())
-        print("files that differ:", sorted(line.split()[-1] for line in a_ - b_))
-    final = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
-    print(f"kill -9 at {at_kill:,} stored answers of {n_req:,} (seeded target {target:,}); resumed: "
-          f"{'ok' if resumed_ok else 'FAILED'}; SHA256SUMS {'identical' if identical else 'DIFFERENT'}; store rows "
-          f"{final:,} (no duplicates: {'yes' if final == n_req else 'NO'}); answered twice: {twice:,} (handed to "
-          f"the runner but not yet committed at the kill; bound: chunk_size or commit_s worth of answers)"
-          + ("; ran beside the full build (--parallel)" if a.parallel or a.adopt_full else ""))
+    identical = final = twice = None
+    if not a.no_kill:
+        if not (a.parallel or a.adopt_full):
+            killed = killed_run(r, kill, extra, int(frac * n_req))
+        at_kill, target, twice, resumed_ok = killed
+        identical = resumed_ok and sums(kill / "out") == sums(full / "out")
+        if resumed_ok and not identical:
+            a_, b_ = set(sums(full / "out").splitlines()), set(sums(kill / "out").splitlines())
+            print("files that differ:", sorted(line.split()[-1] for line in a_ - b_))
+        final = RequestStore(kill / "work" / "persona" / "requests.sqlite").count()
+        print(f"kill -9 at {at_kill:,} stored answers of {n_req:,} (seeded target {target:,}); resumed: "
+              f"{'ok' if resumed_ok else 'FAILED'}; SHA256SUMS {'identical' if identical else 'DIFFERENT'}; store rows "
+              f"{final:,} (no duplicates: {'yes' if final == n_req else 'NO'}); answered twice: {twice:,} (handed to "
+              f"the runner but not yet committed at the kill; bound: chunk_size or commit_s worth of answers)"
+              + ("; ran beside the full build (--parallel)" if a.parallel or a.adopt_full else ""))
 
     wall_target = HARD_WALL_S if a.hard else TARGETS["rehearsal_wall_s"]
     note = (f"{a.personas} personas; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end of the full "
@@ -236,9 +239,10 @@ def main() -> int:
         (prefix + "wall_s", round(st["wall_s"], 1), "s", wall_target, st["wall_s"] <= wall_target),
         ((prefix + "ms_per_request") if a.hard else "pipeline_ms_per_request", round(ms, 4), "ms", 1.0, ms <= 1.0),
         (prefix + "peak_rss_gb", round(st["peak_rss_gb"], 2), "GB", 4.0, st["peak_rss_gb"] <= 4.0),
-        (prefix + "resume_identical", identical and final == n_req and not problems, "bool", True,
-         identical and final == n_req and not problems),
-        (prefix + "answered_twice", twice, "requests", None, None),
+        *([] if a.no_kill else [
+            (prefix + "resume_identical", identical and final == n_req and not problems, "bool", True,
+             identical and final == n_req and not problems),
+            (prefix + "answered_twice", twice, "requests", None, None)]),
         (prefix + "requests", n_req, "requests", None, None),
     ]
     if a.hard:
@@ -249,7 +253,7 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps([{"name": n, "value": v, "unit": u, "target": t, "met": m, "note": note}
                                       for n, v, u, t, m in results]))
-    if identical:  # otherwise kept for a look
+    if identical and not a.adopt_full:  # otherwise kept for a look
         shutil.rmtree(a.work, ignore_errors=True)
     return 0
 
