@@ -162,8 +162,9 @@ def main() -> int:
                     help="a full build of this script is already running in WORK/full: wait for it instead of starting one")
     ap.add_argument("--no-kill", action="store_true", help="only the full build (no kill -9 and resume)")
     a = ap.parse_args()
-    if a.adopt_full and not a.no_kill:
-        shutil.rmtree(a.work / "killed", ignore_errors=True)
+    if a.adopt_full:  # never remove the running full build's folders
+        if not a.no_kill:
+            shutil.rmtree(a.work / "killed", ignore_errors=True)
         r = a.work / "paper-rehearsal.toml"
     else:
         if a.work.exists():
