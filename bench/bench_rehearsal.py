@@ -148,6 +148,9 @@ def killed_run(r: Path, kill: Path, extra: list, target: int) -> tuple[int, int,
 
 
 def main() -> int:
+    # this checkout's packages, as in the child builds (PYTHONPATH): not whichever one the venv installed, whose
+    # RequestStore may migrate the store under the children (it did: a newer main added a column mid-run)
+    sys.path.insert(0, str(ROOT))
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, default=ROOT / ".bench-rehearsal")
