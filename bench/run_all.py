@@ -105,6 +105,8 @@ def projection() -> tuple[list[str], float]:
 def results_json(tmp: Path, hours: float | None, info: dict, started) -> list[dict]:
     """bench/results.json: one entry per figure with its target and whether it was met."""
     rows = json.loads((tmp / "rehearsal.json").read_text()) if (tmp / "rehearsal.json").is_file() else []
+    if (tmp / "rehearsal_hard.json").is_file():  # rehearsal_hard_*: wall, ms/request, RSS, resume, faults reported
+        rows += json.loads((tmp / "rehearsal_hard.json").read_text())
     if (tmp / "tenth.json").is_file():
         t = json.loads((tmp / "tenth.json").read_text())
         run = f"{t['pairs']:,} pairs ({t['pairs_made']:,} made) on {t['model']}"
@@ -134,6 +136,8 @@ def main() -> int:
             ("dataset writer (bench_builder.py)", [PY, BENCH / "bench_builder.py"]),
             ("paper-size rehearsal, engine double (bench_rehearsal.py)",
              [PY, BENCH / "bench_rehearsal.py", "--json", tmp / "rehearsal.json"]),
+            ("paper-size rehearsal, hard engine double (bench_rehearsal.py --hard)",
+             [PY, BENCH / "bench_rehearsal.py", "--hard", "--json", tmp / "rehearsal_hard.json"]),
             ("one tenth of the paper, tiny model on vLLM (bench_pairs.py --tiny)",
              [PY, BENCH / "bench_pairs.py", "--tiny", "--personas", "159", "--per-persona", "200", "--pool", "3868",
               "--json", tmp / "tenth.json"])]
