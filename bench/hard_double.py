@@ -290,6 +290,7 @@ class HardDouble:
             self.final[role][pkind] -= 1
             self.tokens[role]["prompt_tokens"] -= pp
             self.tokens[role]["output_tokens"] -= po
+            self.tokens[role]["retry_output_tokens"] += po  # decoded, then thrown away by the retry
         else:
             self.final[role]["requests"] += 1
         self.final[role][kind] += 1
@@ -329,7 +330,8 @@ class HardDouble:
     def expected(self) -> dict:
         """What the build's manifest must report, from the faults injected.
 
-        requests[role]: {requests, ok, retries, rejects: {category: n}, prompt_tokens, output_tokens}
+        requests[role]: {requests, ok, retries, rejects: {category: n}, prompt_tokens, output_tokens,
+        retry_output_tokens}
         (a "no" or an identical revision is a usable answer); personas: judge_rejects, enrichment and
         judge failures; prompts: not_controversial and classifier rejects; pairs: revise_retries +
         identical rejects (every identical revision is asked again with a note, or rejected at the last)."""
@@ -343,7 +345,8 @@ class HardDouble:
             requests[role] = {"requests": f["requests"], "ok": f["requests"] - sum(rejects.values()),
                               "retries": tried[role] - f["requests"], "rejects": dict(sorted(rejects.items())),
                               "prompt_tokens": self.tokens[role]["prompt_tokens"],
-                              "output_tokens": self.tokens[role]["output_tokens"]}
+                              "output_tokens": self.tokens[role]["output_tokens"],
+                              "retry_output_tokens": self.tokens[role]["retry_output_tokens"]}
         failed = lambda role: requests.get(role, {"requests": 0, "ok": 0})  # noqa: E731
         return {
             "requests": requests,

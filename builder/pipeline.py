@@ -328,6 +328,8 @@ EXAMPLE_CHARS = 400  # texts in the card's example rows are cut here
 def _examples(tables: dict[tuple[str, str], pd.DataFrame]) -> dict:
     """The first row of each config (its first non-empty split), long texts cut, for the card."""
     def cut(v):
+        if isinstance(v, float) and v != v:  # pandas shows a missing string (a reject's raw None) as NaN
+            return None
         if isinstance(v, str):
             return v if len(v) <= EXAMPLE_CHARS else v[:EXAMPLE_CHARS].rstrip() + " …"
         if isinstance(v, dict):

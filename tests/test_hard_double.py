@@ -25,7 +25,7 @@ MAX_TOKENS = {"persona_filler": 512, "consistency_judge": 160, "prompt_classifie
 
 @pytest.fixture(scope="module")
 def hard_build(tmp_path_factory, census_small, prism_file):
-    """One small build (8 personas) answered by the hard double with every fault 8x likelier."""
+    """One small build (8 personas) answered by the hard double with every fault 16x likelier."""
     from builder.pipeline import build
     tmp = tmp_path_factory.mktemp("hard")
     (tmp / "model").mkdir()
@@ -35,7 +35,7 @@ def hard_build(tmp_path_factory, census_small, prism_file):
                   {"pairs.structured": False, "output.truncated": "retry",
                    **{f"roles.{r}.max_tokens": n for r, n in MAX_TOKENS.items()}})
     recipe = write_recipe(tmp / "recipe.toml", data)
-    double = HardDouble(prism_file, max_model_len=8192, time_scale=0, boost=8)
+    double = HardDouble(prism_file, max_model_len=8192, time_scale=0, boost=16)
     manifest = build(str(recipe), out=str(tmp / "out"), work=str(tmp / "work"), backend_for=lambda m: double)
     return tmp, data, double, manifest
 
@@ -56,7 +56,7 @@ def test_the_manifest_and_card_report_exactly_the_injected_faults(hard_build):
     for role, r in expected["requests"].items():  # the card's request table, from the same counts
         rejected = sum(r["rejects"].values())
         row = (f"| {role} | {r['requests']:,} | {r['ok']:,} | {rejected:,} | {r['rejects'].get('truncated', 0):,} "
-               f"| 0 | {r['retries']:,} | {r['prompt_tokens']:,} | {r['output_tokens']:,} |")
+               f"| 0 | {r['retries']:,} | {r['retry_output_tokens']:,} | {r['prompt_tokens']:,} | {r['output_tokens']:,} |")
         assert row in card
 
 
