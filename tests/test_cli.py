@@ -38,27 +38,33 @@ def in_process(capsys, *args) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
-def test_mistyped_publish_flag_sends_nothing(tmp_path):
+@pytest.fixture
+def hub_and_build(tmp_path):
+    """A local Hub and a built folder: (hub, folder, the environment that points persona at that Hub)."""
     hub = HubServer(token=TOKEN).start()
     try:
         folder = tmp_path / "built"
         build_folder(folder, seed=1)
-        hub_env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
-        line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", "--dryrun", **hub_env))
-        assert line == "persona: error: unknown flag --dryrun for `persona publish` (did you mean --dry-run?)"
-        line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", "--privat", **hub_env))
-        assert line.endswith("unknown flag --privat for `persona publish` (did you mean --private?)")
-        assert hub.state.requests == [] and REPO not in hub.state.repos  # no commit, no tag, not even a read
-
-        # the same server sees a publish spelled right: positional path and repo, --flag=value, --no-flag
-        dry = persona("publish", folder, REPO, "--version=v1.0.0", "--dry_run", **hub_env)
-        assert dry.returncode == 0 and "nothing sent" in dry.stdout, dry.stderr[-2000:]
-        assert hub.state.requests == []
-        real = persona("publish", "--path", folder, "--repo", REPO, "--version", "v1.0.0", "--no-dry-run", **hub_env)
-        assert real.returncode == 0, real.stderr[-2000:]
-        assert list(hub.state.repos[REPO].tags) == ["v1.0.0"]
+        yield hub, folder, {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
     finally:
         hub.stop()
+
+
+def test_mistyped_publish_flag_sends_nothing(hub_and_build):
+    hub, folder, hub_env = hub_and_build
+    line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", "--dryrun", **hub_env))
+    assert line == "persona: error: unknown flag --dryrun for `persona publish` (did you mean --dry-run?)"
+    line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", "--privat", **hub_env))
+    assert line.endswith("unknown flag --privat for `persona publish` (did you mean --private?)")
+    assert hub.state.requests == [] and REPO not in hub.state.repos  # no commit, no tag, not even a read
+
+    # the same server sees a publish spelled right: positional path and repo, --flag=value, --no-flag
+    dry = persona("publish", folder, REPO, "--version=v1.0.0", "--dry_run", **hub_env)
+    assert dry.returncode == 0 and "nothing sent" in dry.stdout, dry.stderr[-2000:]
+    assert hub.state.requests == []
+    real = persona("publish", "--path", folder, "--repo", REPO, "--version", "v1.0.0", "--no-dry-run", **hub_env)
+    assert real.returncode == 0, real.stderr[-2000:]
+    assert list(hub.state.repos[REPO].tags) == ["v1.0.0"]
 
 
 def test_unknown_build_flag_creates_nothing(tmp_path):
@@ -135,20 +141,14 @@ def test_every_numeric_flag_has_a_range():
     assert numeric == set(RANGES)
 
 
-def test_positional_booleans_send_nothing(tmp_path):
+def test_positional_booleans_send_nothing(hub_and_build):
     """`persona publish DIR ORG/NAME v1.0.0 true` once made a real upload and tag, in a public repo."""
-    hub = HubServer(token=TOKEN).start()
-    try:
-        folder = tmp_path / "built"
-        build_folder(folder, seed=1)
-        hub_env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
-        for extra in (["true"], ["false", "true"], ["0", "1"], ["yes"]):
-            line = one_line_error(persona("publish", folder, REPO, "v1.0.0", *extra, **hub_env))
-            assert line.startswith(f"persona: error: unexpected argument {extra[0]!r} for `persona publish`: "
-                                   "--private is a flag")
-        assert hub.state.requests == [] and REPO not in hub.state.repos  # not even a read
-    finally:
-        hub.stop()
+    hub, folder, hub_env = hub_and_build
+    for extra in (["true"], ["false", "true"], ["0", "1"], ["yes"]):
+        line = one_line_error(persona("publish", folder, REPO, "v1.0.0", *extra, **hub_env))
+        assert line.startswith(f"persona: error: unexpected argument {extra[0]!r} for `persona publish`: "
+                               "--private is a flag")
+    assert hub.state.requests == [] and REPO not in hub.state.repos  # not even a read
 
 
 def test_help_lists_commands_and_flags_without_running(capsys):
@@ -216,65 +216,54 @@ def test_user_errors_below_the_cli_are_persona_errors(tmp_path, monkeypatch):
     assert "No space left on device" in str(e.value) and not list((tmp_path / "out" / "c").iterdir())
 
 
-def test_publish_holds_the_output_lock_from_verify_to_tag(tmp_path):
+def test_publish_holds_the_output_lock_from_verify_to_tag(tmp_path, hub_and_build):
     """A build cannot swap another folder in while publish uploads the one it verified."""
     from builder import folders
 
-    hub = HubServer(token=TOKEN).start()
+    hub, folder, hub_env = hub_and_build
+    lock = folders.output_lock(folder)
+    with folders.exclusive(lock, "a build"):  # a build holds the folder: publish waits for nothing, sends nothing
+        line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", **hub_env))
+    assert line == (f"persona: error: output folder {folder} is in use by another persona process "
+                    f"(pid {os.getpid()}; lock {lock})")
+    assert hub.state.requests == []
+
+    # publish is uploading (the Hub holds its commit): a build of the same folder is refused, naming it
+    hub.state.gate["commit"] = threading.Event()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PERSONA_"))}
+    env.update({"PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: str(v) for k, v in hub_env.items()}})
+    publishing = subprocess.Popen([sys.executable, "-m", "builder.cli", "publish", str(folder), "--repo", REPO,
+                                   "--version", "v1.0.0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
     try:
-        folder = tmp_path / "built"
-        build_folder(folder, seed=1)
-        hub_env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
-        lock = folders.output_lock(folder)
-        with folders.exclusive(lock, "a build"):  # a build holds the folder: publish waits for nothing, sends nothing
-            line = one_line_error(persona("publish", folder, "--repo", REPO, "--version", "v1.0.0", **hub_env))
-        assert line == (f"persona: error: output folder {folder} is in use by another persona process "
-                        f"(pid {os.getpid()}; lock {lock})")
-        assert hub.state.requests == []
-
-        # publish is uploading (the Hub holds its commit): a build of the same folder is refused, naming it
-        hub.state.gate["commit"] = threading.Event()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "PERSONA_"))}
-        env.update({"PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1", **{k: str(v) for k, v in hub_env.items()}})
-        publishing = subprocess.Popen([sys.executable, "-m", "builder.cli", "publish", str(folder), "--repo", REPO,
-                                       "--version", "v1.0.0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while "commit" not in hub.state.arrived and publishing.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert "commit" in hub.state.arrived, publishing.communicate(timeout=60)
-            (tmp_path / "recipe.toml").write_text(recipe_text(tmp_path))
-            line = one_line_error(persona("build", "--recipe", "recipe.toml", "--out", folder, cwd=tmp_path))
-            assert line.startswith(f"persona: error: output folder {folder} is in use by another persona process "
-                                   f"(pid {publishing.pid}; ")
-        finally:
-            hub.state.gate["commit"].set()
-            out, err = publishing.communicate(timeout=120)
-        assert publishing.returncode == 0, err[-3000:]
-        assert list(hub.state.repos[REPO].tags) == ["v1.0.0"]
+        deadline = time.monotonic() + 120
+        while "commit" not in hub.state.arrived and publishing.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "commit" in hub.state.arrived, publishing.communicate(timeout=60)
+        (tmp_path / "recipe.toml").write_text(recipe_text(tmp_path))
+        line = one_line_error(persona("build", "--recipe", "recipe.toml", "--out", folder, cwd=tmp_path))
+        assert line.startswith(f"persona: error: output folder {folder} is in use by another persona process "
+                               f"(pid {publishing.pid}; ")
     finally:
-        hub.stop()
+        hub.state.gate["commit"].set()
+        out, err = publishing.communicate(timeout=120)
+    assert publishing.returncode == 0, err[-3000:]
+    assert list(hub.state.repos[REPO].tags) == ["v1.0.0"]
 
 
-def test_hub_file_names_cannot_drive_the_terminal(tmp_path):
+def test_hub_file_names_cannot_drive_the_terminal(tmp_path, hub_and_build):
     """Names from a Hub listing are printed escaped (a bidi override, a C1 CSI); one with ESC is refused."""
     from tests.test_publish import put_build
 
-    hub = HubServer(token=TOKEN).start()
-    try:
-        folder = tmp_path / "built"
-        build_folder(folder, seed=1)
-        hub_env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": tmp_path / "hf"}
-        put_build(hub, folder, "v1.0.0")
-        hub.state.put(REPO, {"notes/\u202etxt.exe\x9b2J": b"x"}, tag="v1.1.0")
-        p = persona("verify", "--repo", REPO, "--revision", "v1.1.0", **hub_env)
-        assert p.returncode == 1 and p.stdout == "  extra: notes/\\u202etxt.exe\\x9b2J (1 bytes, not in manifest)\n", p.stdout + p.stderr[-3000:]
-        assert p.stderr == f"verify: {REPO}@v1.1.0: 1 problem(s)\n"
+    hub, folder, hub_env = hub_and_build
+    hub_env = {k: v for k, v in hub_env.items() if k != "HF_TOKEN"}  # reads as anyone would
+    put_build(hub, folder, "v1.0.0")
+    hub.state.put(REPO, {"notes/\u202etxt.exe\x9b2J": b"x"}, tag="v1.1.0")
+    p = persona("verify", "--repo", REPO, "--revision", "v1.1.0", **hub_env)
+    assert p.returncode == 1 and p.stdout == "  extra: notes/\\u202etxt.exe\\x9b2J (1 bytes, not in manifest)\n", p.stdout + p.stderr[-3000:]
+    assert p.stderr == f"verify: {REPO}@v1.1.0: 1 problem(s)\n"
 
-        hub.state.put(REPO, {"\x1b[2J\x1b[31mREADME.md": b"x"}, tag="v1.2.0")
-        line = one_line_error(persona("verify", "--repo", REPO, "--revision", "v1.2.0", **hub_env))
-        assert line == ("persona: error: listing files failed: the Hub answered path '\\x1b[2J\\x1b[31mREADME.md', "
-                        "not a relative file path")
-    finally:
-        hub.stop()
+    hub.state.put(REPO, {"\x1b[2J\x1b[31mREADME.md": b"x"}, tag="v1.2.0")
+    line = one_line_error(persona("verify", "--repo", REPO, "--revision", "v1.2.0", **hub_env))
+    assert line == ("persona: error: listing files failed: the Hub answered path '\\x1b[2J\\x1b[31mREADME.md', "
+                    "not a relative file path")
