@@ -6,10 +6,13 @@ generates only the rest; the output folder is assembled in a staging folder and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from datasets import Features
@@ -101,13 +104,32 @@ def arrow_table(df: pd.DataFrame) -> pa.Table:
     return t.cast(schema).replace_schema_metadata(None)
 
 
-def write_tables(out: Path, tables: dict[tuple[str, str], pd.DataFrame], recipe: Recipe) -> list[dict]:
+# Rows of a large config turned into Arrow at a time. A paper-size build holds its pairs once (the stage's
+# table); each split, and its DPO rendering, is made and written piece by piece instead of copied whole
+# (which took the peak from ~3 GB to ~9 GB). The shards' bytes do not depend on it: write_config cuts row
+# groups by bytes, whatever pieces the rows arrive in.
+PIECE_ROWS = 20_000
+
+
+def _pieces(df: pd.DataFrame, rows=None, make=None) -> Callable[[], Iterator[pd.DataFrame]]:
+    """The rows `rows` (positions; default all) of `df`, PIECE_ROWS at a time, each passed through `make`."""
+    def pieces():
+        at = np.arange(len(df)) if rows is None else rows
+        for i in range(0, len(at), PIECE_ROWS):
+            piece = df.iloc[at[i:i + PIECE_ROWS]].reset_index(drop=True)
+            yield make(piece) if make else piece
+    return pieces
+
+
+def write_tables(out: Path, tables: dict[tuple[str, str], Callable[[], Iterator[pd.DataFrame]]],
+                 recipe: Recipe) -> list[dict]:
     shards = []
-    for (config, split), df in tables.items():
-        if df.empty:  # `datasets` cannot load a split without rows; the manifest still counts it as 0
+    for (config, split), pieces in tables.items():
+        arrow = (arrow_table(df) for df in pieces() if not df.empty)
+        first = next(arrow, None)
+        if first is None:  # `datasets` cannot load a split without rows; the manifest still counts it as 0
             continue
-        t = arrow_table(df)
-        shards += write_config(out, config, split, t, Features.from_arrow_schema(t.schema),
+        shards += write_config(out, config, split, itertools.chain([first], arrow), Features.from_arrow_schema(first.schema),
                                recipe.output.max_shard_bytes, recipe.output.row_group_bytes)
     return shards
 
@@ -201,12 +223,11 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
 
     stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
     rejects = _rejects_table(stages)
-    tables = {(PREFERENCES, s): prefs[prefs.split == s].reset_index(drop=True) for s in SPLITS}
-    dpo = pairs.to_dpo(prefs)
-    tables.update({("dpo", s): dpo[dpo.split == s].reset_index(drop=True) for s in SPLITS})
-    tables[("personas", "train")] = people.reset_index(drop=True)
-    tables[("prompts", "train")] = prompt_out.reset_index(drop=True)
-    tables[("rejects", "train")] = rejects
+    in_split = {s: np.flatnonzero(prefs.split.to_numpy() == s) for s in SPLITS}
+    tables = {(PREFERENCES, s): _pieces(prefs, in_split[s]) for s in SPLITS}
+    tables.update({("dpo", s): _pieces(prefs, in_split[s], pairs.to_dpo) for s in SPLITS})
+    tables.update({(name, "train"): _pieces(df) for name, df in
+                   (("personas", people), ("prompts", prompt_out), ("rejects", rejects))})
 
     staging = folders.new_staging(out_dir)
     log.info(f"writing shards to {staging}")
@@ -224,7 +245,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         counts=_counts(stages, assignment, run),
         rejects=_reject_counts(persona_stage, rejects),
         fidelity=census_fit["report"]["rows"],
-        lengths={**pairs.length_report(prefs, p.length_control), **_dpo_lengths(dpo, recipe)},
+        lengths={**pairs.length_report(prefs, p.length_control), **_dpo_lengths(prefs, recipe)},
         census_fidelity={k: v for k, v in census_fit["report"].items() if k != "rows"},
         state_shares=census_fit["state_shares"],
         description=recipe.description,
@@ -294,8 +315,9 @@ def _files_digest(recipe: Recipe, census_source: dict) -> dict:
     return {"files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
 
 
-def _dpo_lengths(dpo: pd.DataFrame, recipe: Recipe) -> dict:
-    """p99 of prompt + longer answer in the reviser's tokens (words x 1.3 when its tokenizer is not on disk)."""
+def _dpo_lengths(prefs: pd.DataFrame, recipe: Recipe) -> dict:
+    """p99 of prompt + longer answer of the DPO rows, in the reviser's tokens (words x 1.3 when its tokenizer
+    is not on disk)."""
     m = recipe.model_for("reviser")
     try:
         from transformers import AutoTokenizer
@@ -305,10 +327,11 @@ def _dpo_lengths(dpo: pd.DataFrame, recipe: Recipe) -> dict:
         log.info(f"dpo lengths: no tokenizer for {m.id} ({type(e).__name__}); approximating tokens from words")
         tokenizer = None
     # a p99 needs no census of 317,200 rendered conversations: a seeded sample of a few thousand will do
-    rows = dpo if len(dpo) <= DPO_LENGTH_SAMPLE else dpo.sample(n=DPO_LENGTH_SAMPLE, random_state=recipe.seed % 2**32)
-    out = stats.dpo_lengths(rows[["prompt", "chosen", "rejected"]].to_dict("records"), tokenizer, m.id)
-    if len(rows) < len(dpo):
-        out["dpo_length_basis"] += f"; a seeded sample of {len(rows):,} of the {len(dpo):,} pairs"
+    # (sampled by position, then rendered: the same rows as sampling the rendered DPO table)
+    rows = prefs if len(prefs) <= DPO_LENGTH_SAMPLE else prefs.sample(n=DPO_LENGTH_SAMPLE, random_state=recipe.seed % 2**32)
+    out = stats.dpo_lengths(pairs.to_dpo(rows)[["prompt", "chosen", "rejected"]].to_dict("records"), tokenizer, m.id)
+    if len(rows) < len(prefs):
+        out["dpo_length_basis"] += f"; a seeded sample of {len(rows):,} of the {len(prefs):,} pairs"
     return out
 
 
@@ -325,7 +348,7 @@ def _diversity(prefs: pd.DataFrame, people: pd.DataFrame) -> dict:
 EXAMPLE_CHARS = 400  # texts in the card's example rows are cut here
 
 
-def _examples(tables: dict[tuple[str, str], pd.DataFrame]) -> dict:
+def _examples(tables: dict[tuple[str, str], Callable[[], Iterator[pd.DataFrame]]]) -> dict:
     """The first row of each config (its first non-empty split), long texts cut, for the card."""
     def cut(v):
         if isinstance(v, float) and v != v:  # pandas shows a missing string (a reject's raw None) as NaN
@@ -338,9 +361,11 @@ def _examples(tables: dict[tuple[str, str], pd.DataFrame]) -> dict:
             v = v.tolist()
         return [cut(x) for x in v] if isinstance(v, list) else v
     out = {}
-    for (config, _), df in tables.items():
-        if config not in out and not df.empty:
-            out[config] = {k: cut(v) for k, v in df.iloc[0].to_dict().items()}
+    for (config, _), pieces in tables.items():
+        if config not in out:
+            first = next((df for df in pieces() if not df.empty), None)  # one piece of a split, not the split
+            if first is not None:
+                out[config] = {k: cut(v) for k, v in first.iloc[0].to_dict().items()}
     return out
 
 
