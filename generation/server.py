@@ -33,14 +33,13 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from .engine import PROMPT_TOO_LONG, ChatRequest, ModelSpec, Result, engine_args, generate_all
+from .engine import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, ModelSpec, Result, engine_args, generate_all
 from .errors import PersonaError, redact, secret
 from .log import log
 
 PER_SERVER = 128        # requests in flight per server: enough for vLLM to fill its batch, few threads
 BACKOFF_MAX_S = 8.0     # the longest wait between two tries
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-TOO_LONG = re.compile(r"maximum (context|model) length")
 CHARS_PER_TOKEN = 256   # generous bound on one token's text: a longer answer for its max_tokens is no answer
 BODY_SLACK = 64 << 10   # bytes of JSON around an answer's text
 MAX_BODY = 1 << 20      # bound on any other reply (/models, /tokenize, an error)
