@@ -183,7 +183,7 @@ def reachable(engine, requests) -> tuple[float, float]:
 def prefix_variants(engine, requests, seed: int, batch: int = 4) -> dict:
     """Prefill-only critic requests: ordered (engine, one call), shuffled (bare, calls of `batch`,
     cache kept), shuffled cold (bare, cache reset before each call)."""
-    from generation.engine import prefix_key
+    from generation.backends.engine import prefix_key
     reqs = [dataclasses.replace(r, max_tokens=1) for r in requests]
     prompt = None
     out = {}
@@ -252,7 +252,7 @@ def main():
     from builder.recipe import load_recipe
     from builder.runner import RunnerConfig, request_for
     from generation import pairs
-    from generation.engine import get_engine
+    from generation.backends.engine import get_engine
 
     load0 = os.getloadavg()
     recipe = load_recipe(args.recipe)

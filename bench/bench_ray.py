@@ -42,7 +42,7 @@ VARIANTS = {"local": 0, "ray-1": 1, "ray-2": 2}   # name -> Ray replicas (0 = th
 
 
 def requests(n: int, max_tokens: int, p: int = 0):
-    from generation.engine import ChatRequest
+    from generation.backends import ChatRequest
     out = []
     for i in range(n):
         persona, q = divmod(i, 8)
@@ -54,7 +54,7 @@ def requests(n: int, max_tokens: int, p: int = 0):
 
 
 def run_variant(name: str, model: str, n: int, max_tokens: int, chunk: int, passes: int) -> dict:
-    from generation.engine import Engine, ModelSpec
+    from generation.backends.engine import Engine, ModelSpec
     spec = ModelSpec(path=model, dtype="float32", max_model_len=2048, kv_cache_gib=0.5)
     t0 = time.perf_counter()
     if VARIANTS[name]:

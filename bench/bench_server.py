@@ -1,4 +1,4 @@
-"""Benchmark: the same chat requests through a vLLM server (generation/server.py) and through the
+"""Benchmark: the same chat requests through a vLLM server (generation/backends/server.py) and through the
 in-process engine (tiny random-weight Llama on CPU).
 
     .venv/bin/python bench/bench_server.py [--requests 128] [--max-tokens 128] [--passes 2] [--model DIR]
@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generation.engine import ChatRequest, Engine, ModelSpec  # noqa: E402
-from generation.server import ServerBackend, ServerSpec, serve_command  # noqa: E402
+from generation.backends import ChatRequest  # noqa: E402
+from generation.backends.engine import Engine, ModelSpec  # noqa: E402
+from generation.backends.server import ServerBackend, ServerSpec, serve_command  # noqa: E402
 
 
 def requests(n: int, max_tokens: int, tag: str) -> list[ChatRequest]:

@@ -82,7 +82,9 @@ def smollm2(n: int) -> dict:
     from builder.backends import model_spec
     from builder.recipe import load_recipe
     from builder.runner import RunnerConfig, request_for
-    from generation.engine import Ask, generate_all, get_engine
+    from generation.backends import generate_all
+    from generation.backends.engine import get_engine
+    from generation.flow import Ask
     from generation.prompt_sources import read_prompts
     from generation.prompts import filter_prompts
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from generation.engine import ChatRequest, Result
+from generation.backends import ChatRequest, Result
 
 
 def _words(seed: str, n: int) -> str:
@@ -49,7 +49,7 @@ def answer(req: ChatRequest) -> str:
 
 
 class Double:
-    """Backend contract of generation.engine (submit / poll / capacity), answered in-process."""
+    """Backend contract of generation.backends (submit / poll / capacity), answered in-process."""
     rehearsal = True
     capacity = 4096
 

@@ -35,7 +35,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from generation.engine import PROMPT_TOO_LONG, ChatRequest, Result
+from generation.backends import PROMPT_TOO_LONG, ChatRequest, Result
 from generation.pairs import CRITIC_INSTRUCTION, REVISER_INSTRUCTION
 from generation.personas.enrich import FILLER_SYSTEM
 from generation.personas.judge import JUDGE_SYSTEM
@@ -129,7 +129,7 @@ def role_of(req: ChatRequest) -> str:
 
 
 class HardDouble:
-    """Backend contract of generation.engine (submit / poll / capacity) with `slots` simulated sequences."""
+    """Backend contract of generation.backends (submit / poll / capacity) with `slots` simulated sequences."""
     rehearsal = True  # builder.runner._check_rehearsal: the store is flagged, real builds refuse it
 
     def __init__(self, corpus, max_model_len: int = 8192, slots: int = 64, time_scale: float = 1 / 400,

@@ -5,20 +5,12 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from generation.engine import (
-    Backend,
-    Chunked,
-    ModelSpec,
-    batch_invariant,
-    device,
-    engine_args,
-    get_engine,
-    vllm_version,
-)
+from generation.backends import Backend, Chunked
+from generation.backends.engine import ModelSpec, batch_invariant, device, engine_args, get_engine, vllm_version
+from generation.backends.server import ServerBackend, ServerError, ServerSpec, serve_command
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
-from generation.server import ServerBackend, ServerError, ServerSpec, serve_command
 
 from .recipe import ExecutorConfig, ModelConfig, Recipe
 

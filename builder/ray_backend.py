@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from generation.engine import ChatRequest, Engine, ModelSpec, Result, engine_env, prefix_key, vllm_version
+from generation.backends import ChatRequest, Result
+from generation.backends.engine import Engine, ModelSpec, engine_env, prefix_key, vllm_version
 from generation.errors import PersonaError
 from generation.log import log, show_library_output
 

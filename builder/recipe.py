@@ -42,7 +42,7 @@ class ModelConfig:
     quantization: str | None = None  # vLLM's quantization method (None = what the checkpoint's config declares)
     license: str | None = None
     why: str | None = None           # one-line justification, shown in the card
-    # an OpenAI-compatible server (`vllm serve`, started with generation.server.serve_command) instead of
+    # an OpenAI-compatible server (`vllm serve`, started with generation.backends.server.serve_command) instead of
     # an engine in this process; a list spreads the requests over several
     server: str | list[str] | None = None
     api_key_env: str | None = None   # the environment variable holding the server's API key (never the key)

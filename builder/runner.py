@@ -1,4 +1,4 @@
-"""The builder's side of `generation.engine.Run`: turns a stage's Asks into seeded chat requests for
+"""The builder's side of `generation.flow.Run`: turns a stage's Asks into seeded chat requests for
 the role's model, answers what the store already holds, sends the rest to a Backend in durable
 chunks, retries unusable outputs with a new derived seed, and records rejects with their raw text."""
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from generation.engine import PROMPT_TOO_LONG, Ask, Backend, ChatRequest, Flow, Need, Outcome, Result
+from generation.backends import PROMPT_TOO_LONG, Backend, ChatRequest, Result
+from generation.flow import Ask, Flow, Need, Outcome
 from generation.ids import derive_seed, stable_id
 from generation.log import log
 
@@ -86,7 +87,7 @@ class StoreRunner:
         return dict(zip(keys, self.flows([_one(Need(role, a, parse)) for a in asks], role)))
 
     def flows(self, flows: list[Flow], desc: str = "") -> list:
-        """Run `flows` (see generation.engine.Flow) and return their results in order. At most
+        """Run `flows` (see generation.flow.Flow) and return their results in order. At most
         `window` flows are open at once, admitted in the given order, so the requests in flight come
         from neighbouring records (a stage orders its records so that neighbours share a prompt prefix)."""
         return _Loop(self, flows, desc).run()

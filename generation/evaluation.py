@@ -20,7 +20,7 @@ import json
 
 import pandas as pd
 
-from .engine import Ask, Outcome
+from .flow import Ask, Outcome
 from .ids import derive_seed, rng
 from .personas import ATTRIBUTES
 from .schema import parse_json

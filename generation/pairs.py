@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from .engine import Ask, Flow, Need, Outcome, run_flows
 from .errors import PersonaError
+from .flow import Ask, Flow, Need, Outcome, run_flows
 from .names import SPLITS
 from .results import StageResult
 

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .engine import Ask
+from .flow import Ask
 from .ids import rng, stable_id
 from .names import SPLITS
 from .prompt_sources import PromptsError, read_prompts

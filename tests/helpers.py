@@ -14,7 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from generation.engine import Outcome
+from generation.flow import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from generation.engine import PROMPT_TOO_LONG, ChatRequest, Engine, ModelSpec
+from generation.backends import PROMPT_TOO_LONG, ChatRequest
+from generation.backends.engine import Engine, ModelSpec
 
 from .helpers import ROOT, run_py
 
@@ -95,7 +96,7 @@ def test_an_over_long_prompt_is_a_counted_reject_never_retried(short_engine, tmp
     from builder.recipe import ModelConfig, RoleConfig
     from builder.runner import RunnerConfig, StoreRunner
     from builder.store import RequestStore
-    from generation.engine import Ask
+    from generation.flow import Ask
 
     cfg = RunnerConfig(seed=1, models={"m": ModelConfig(id="tiny", dtype="float32", max_model_len=256)},
                        roles={"responder": RoleConfig(model="m", max_tokens=16)}, truncated="keep")
@@ -111,7 +112,8 @@ def test_an_over_long_prompt_is_a_counted_reject_never_retried(short_engine, tmp
 @pytest.mark.slow
 def test_smollm2_answers_in_english(tmp_path):
     code = ("from generation.models import prepare_smollm2\n"
-            "from generation.engine import Engine, ModelSpec, ChatRequest\n"
+            "from generation.backends import ChatRequest\n"
+            "from generation.backends.engine import Engine, ModelSpec\n"
             "e = Engine(ModelSpec(path=str(prepare_smollm2()), dtype='bfloat16', max_model_len=1024, kv_cache_gib=0.25))\n"
             "r = e.generate([ChatRequest(id='x', seed=1, temperature=0.0, max_tokens=24, messages=[{'role': 'user', 'content': 'What is the capital of France?'}])])\n"
             "print('ANSWER:' + r[0].text)\n")
@@ -124,7 +126,7 @@ def test_smollm2_answers_in_english(tmp_path):
 # ----------------------------------------------------------------- engine settings per device (no engine)
 
 def test_cpu_gets_the_workarounds_and_a_gpu_gets_vllms_defaults():
-    from generation.engine import engine_args
+    from generation.backends.engine import engine_args
 
     spec = ModelSpec(path="org/m", revision="abc", dtype="bfloat16", max_model_len=4096)
     cpu, gpu = engine_args(spec, "cpu"), engine_args(spec, "cuda")
@@ -139,7 +141,7 @@ def test_cpu_gets_the_workarounds_and_a_gpu_gets_vllms_defaults():
 
 
 def test_a_recipe_value_wins_on_every_device():
-    from generation.engine import engine_args
+    from generation.backends.engine import engine_args
 
     spec = ModelSpec(path="org/m", max_model_len=4096, kv_cache_gib=8, enforce_eager=True,
                      enable_chunked_prefill=True, max_num_batched_tokens=2048)
@@ -169,7 +171,7 @@ def test_recipe_engine_settings_reach_the_spec_and_are_checked(tmp_path, tiny_mo
 
 
 def test_only_cpu_keeps_the_engine_core_in_this_process():
-    from generation.engine import engine_env
+    from generation.backends.engine import engine_env
     assert engine_env("cpu")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env("cuda")   # vLLM's default: its own process
 
@@ -177,7 +179,7 @@ def test_only_cpu_keeps_the_engine_core_in_this_process():
 def test_the_paper_recipe_bounds_its_batch_and_prints_a_gpu_servers_command_on_a_cpu_machine(capsys):
     from builder.backends import main
     from builder.recipe import load_recipe
-    from generation.engine import device, engine_args
+    from generation.backends.engine import device, engine_args
 
     assert device() == "cpu"  # this machine: the command below is for another one
     m = load_recipe(ROOT / "configs" / "paper.toml").models["qwen72"]

@@ -12,7 +12,7 @@ import pytest
 
 from builder import manifest as mf
 from generation import evaluation as ev
-from generation.engine import Outcome
+from generation.flow import Outcome
 from generation.personas import ATTRIBUTES
 
 from .helpers import ROOT, ScriptedRun, env, kill_when, one_line_error, popen, run_py, stored

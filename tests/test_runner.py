@@ -16,7 +16,8 @@ import pytest
 from builder.recipe import ModelConfig, RoleConfig
 from builder.runner import RunnerConfig, StoreRunner, request_for
 from builder.store import RequestStore, StoreError
-from generation.engine import Ask, Result
+from generation.backends import Result
+from generation.flow import Ask
 from generation.pairs import build_pairs
 
 from .helpers import ROOT
@@ -158,7 +159,7 @@ def test_keep_truncated_keeps_and_counts_them(tmp_path):
 
 
 def _need(key: str):
-    from generation.engine import Need
+    from generation.flow import Need
     return Need("responder", build_ask(key))
 
 
@@ -245,7 +246,7 @@ def test_a_changed_byte_inside_a_stored_answer_is_asked_again(tmp_path, capfd):
 
 
 def build_ask(key):
-    from generation.engine import Ask
+    from generation.flow import Ask
     return Ask(key=key, messages=[{"role": "user", "content": f"Say {key}."}])
 
 

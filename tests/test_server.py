@@ -1,4 +1,4 @@
-"""Builds through an OpenAI-compatible server (generation/server.py) against a real `vllm` server.
+"""Builds through an OpenAI-compatible server (generation/backends/server.py) against a real `vllm` server.
 
 The server runs the tiny random-weight Llama, started with `serve_command` (the in-process engine's
 settings), and must give the same dataset bytes as the in-process engine; a build killed with -9 resumes
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from generation.engine import PROMPT_TOO_LONG, ChatRequest, ModelSpec
-from generation.server import ServerBackend, ServerError, ServerSpec, serve_command
+from generation.backends import PROMPT_TOO_LONG, ChatRequest
+from generation.backends.engine import ModelSpec
+from generation.backends.server import ServerBackend, ServerError, ServerSpec, serve_command
 
 from .helpers import (
     ROOT,

@@ -1,4 +1,4 @@
-"""The server backend (generation/server.py) against hostile OpenAI-compatible servers: a stdlib
+"""The server backend (generation/backends/server.py) against hostile OpenAI-compatible servers: a stdlib
 http.server in a thread that redirects, echoes the API key, answers as another model, sends too much,
 drips its answer, answers out of schema, or is restarted with other weights. Each must end in one line
 naming the URL (or be refused before anything is recorded), never reach the store or the manifest, and
@@ -19,10 +19,11 @@ import pytest
 from builder.recipe import ModelConfig, RoleConfig
 from builder.runner import RunnerConfig, StoreRunner
 from builder.store import RequestStore
-from generation.engine import Ask, ChatRequest
+from generation.backends import ChatRequest
+from generation.backends.server import ACCEPT_CHANGE, ServerBackend, ServerError, ServerSpec
 from generation.errors import redact
+from generation.flow import Ask
 from generation.log import log
-from generation.server import ACCEPT_CHANGE, ServerBackend, ServerError, ServerSpec
 
 from .helpers import ROOT, edited, env, recipe_data, write_recipe
 
@@ -277,8 +278,8 @@ def test_an_error_cuts_the_calls_in_flight():
 
 PROCESS = """
 import sys
-from generation.engine import ChatRequest
-from generation.server import ServerBackend, ServerError, ServerSpec
+from generation.backends import ChatRequest
+from generation.backends.server import ServerBackend, ServerError, ServerSpec
 backend = ServerBackend(ServerSpec(urls=(sys.argv[1],), model="test/model", timeout_s=600))
 reqs = [ChatRequest(id=f"r{i}", messages=[{"role": "user", "content": t}], seed=i) for i, t in enumerate(sys.argv[2:])]
 try:

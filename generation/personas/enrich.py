@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-from generation.engine import Ask, Outcome
+from generation.flow import Ask, Outcome
 from generation.schema import parse_json, union_schema, validate
 
 from .attributes import (

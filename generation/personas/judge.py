@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from generation.engine import Ask, Outcome
+from generation.flow import Ask, Outcome
 from generation.schema import parse_json
 
 from .render import render_persona

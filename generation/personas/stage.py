@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..engine import Flow, Need, run_flows
+from ..flow import Flow, Need, run_flows
 from ..results import StageResult
 from .attributes import OUTPUT_COLUMNS, PROCEDURAL_ATTRIBUTES
 from .enrich import FILLER_ROLE, enrich_one, enrichment_ask, enrichment_parser

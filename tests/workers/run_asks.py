@@ -9,7 +9,7 @@ from builder.backends import local_backend, resolve_revisions
 from builder.recipe import load_recipe
 from builder.runner import RunnerConfig, StoreRunner
 from builder.store import RequestStore
-from generation.engine import Ask
+from generation.flow import Ask
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                            "age": {"type": "integer", "minimum": 0, "maximum": 120}},

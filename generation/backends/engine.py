@@ -1,15 +1,5 @@
-"""The one adapter over vLLM's offline `LLM`: chat requests in, results out.
-
-How a model call flows (the types are below; the runner is builder/runner.py):
-
-    stage (generation/*)           builder.runner.StoreRunner                  Backend
-    Ask(key, messages, schema) --> ChatRequest(id, messages, seed, sampling) --> Result(text, tokens,
-                                   id = hash(role, model@revision, engine,         finish_reason)
-                                        messages, sampling, schema, seed)            |
-                                                                                     v
-    Outcome(key, ok, value) <----- Stored (RequestStore: id -> final text or reject) <-- parse(text),
-                                   asking again answers from here                      retried with a
-                                                                                       derived seed
+"""The one adapter over vLLM's offline `LLM`: chat requests in, results out (the Backend contract of
+`generation.backends`; how the runner drives it: docs/architecture.md).
 
 Seeds are per request (derived from a stable request id by the caller), so a result never depends on
 which other requests share its batch. Requests are sent sorted by their leading messages so that
@@ -19,154 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import time
-from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
 
-from .log import show_library_output
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What a generation stage wants from a role's model; the builder adds model, sampling and seed."""
-    key: str                     # stable record key, e.g. "enrich/<persona_id>"; unique within a call
-    messages: list               # chat messages
-    schema: dict | None = None   # JSON schema for structured output
-    max_tokens: int | None = None  # overrides the role's max_tokens (e.g. length-controlled revision)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The durable answer to one Ask: parsed value, or a reject with its raw text and reason."""
-    key: str
-    ok: bool
-    value: Any                   # parse(text) when ok, else None
-    text: str                    # raw text of the last attempt
-    reason: str | None           # reject reason (e.g. "schema: ...", "length") when not ok
-    attempts: int
-    prompt_tokens: int
-    output_tokens: int
-
-
-class Run(Protocol):
-    """How stages reach a model: `run(role, asks, parse)` -> {ask.key: Outcome}.
-
-    `parse(text)` returns the value or raises ValueError with a short reason; a failing answer is
-    retried with a new derived seed, then recorded as a reject. Results are durable: asking again
-    returns the stored outcome without calling the model.
-    """
-    def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]: ...
-
-
-class Need(NamedTuple):
-    """What a flow waits for: one answer of `role`'s model to `ask`, checked by `parse`."""
-    role: str
-    ask: Ask
-    parse: Callable[[str], Any] | None = None
-
-
-# A flow is one record's dependent model calls written as a generator: it yields a Need, receives its
-# Outcome, and returns the record's result, e.g. answer -> critique -> revision for one pair. Running
-# many flows at once lets a runner send each record's next request the moment its previous one is
-# answered, so the engine never waits for a whole stage to finish.
-Flow = Generator[Need, Outcome, Any]
-
-
-def run_flows(run, flows: list[Flow], desc: str = "") -> list:
-    """Each flow's return value, in order. A runner with its own `flows` (builder.runner.StoreRunner)
-    streams them; any other `run(role, asks, parse)` is driven in lockstep, one call per role and step."""
-    if hasattr(run, "flows"):
-        return run.flows(flows, desc)
-    results: list = [None] * len(flows)
-    waiting: list[tuple[int, Need]] = []
-    for i in range(len(flows)):
-        _advance(flows, results, waiting, i, None)
-    while waiting:
-        step, waiting = sorted(waiting, key=lambda w: w[0]), []  # in flow order, as a stage ordered them
-        by_call: dict = {}  # (role, parse) -> {key: [flow indices]}, asks deduplicated by key
-        asks: dict = {}
-        for i, need in step:
-            by_call.setdefault((need.role, need.parse), {}).setdefault(need.ask.key, []).append(i)
-            asks[(need.role, need.parse, need.ask.key)] = need.ask
-        for (role, parse), keys in by_call.items():
-            outs = run(role, [asks[(role, parse, k)] for k in keys], parse)
-            for key, idx in keys.items():
-                for i in idx:
-                    _advance(flows, results, waiting, i, outs[key])
-    return results
-
-
-def _advance(flows, results, waiting, i, value) -> None:
-    try:
-        need = flows[i].send(value)
-    except StopIteration as stop:
-        results[i] = stop.value
-    else:
-        waiting.append((i, need))
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    id: str                      # stable id: hash of everything that determines the answer
-    messages: list               # [{"role": "system"|"user"|"assistant", "content": str}, ...]
-    seed: int
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
-    schema: dict | None = None   # JSON schema -> structured output
-
-
-@dataclass(frozen=True)
-class Result:
-    id: str
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish_reason: str           # "stop" | "length" | ...
-    cached_tokens: int = 0       # prompt tokens served from the prefix cache (when vLLM reports it)
-
-
-class Backend(Protocol):
-    """Where chat requests run: this process's vLLM engine (`Engine`), an OpenAI-compatible server, or a
-    pool of engine replicas (`Chunked` over builder.ray_backend.RayPool).
-
-    Streaming, so the caller can send a request the moment the answer it depends on exists:
-    `submit` hands requests over without waiting; `poll` runs the backend and returns the results
-    finished since the last poll (waiting for at least one while any is in flight). `capacity` is how
-    many requests to keep in flight for the backend never to run short of work."""
-    capacity: int
-    def submit(self, requests: list[ChatRequest]) -> None: ...
-    def poll(self) -> list[Result]: ...
-
-
-def generate_all(backend: Backend, requests: list[ChatRequest]) -> list[Result]:
-    """All of `requests` at once; one Result per request, in request order (for callers without
-    dependencies between requests, e.g. evaluation)."""
-    backend.submit(requests)
-    got: dict[str, Result] = {}
-    want = {r.id for r in requests}
-    while not want <= got.keys():
-        got.update((r.id, r) for r in backend.poll())
-    return [got[r.id] for r in requests]
-
-
-class Chunked:
-    """The Backend contract over anything with a synchronous `generate(requests) -> results` (the Ray
-    pool): each poll sends up to `capacity` submitted requests as one call. The replicas drain at the end
-    of every call, which is the price of a pool that cannot take requests one by one."""
-
-    def __init__(self, inner, capacity: int):
-        self.inner, self.capacity = inner, capacity
-        self.queue: list[ChatRequest] = []
-
-    def submit(self, requests: list[ChatRequest]) -> None:
-        self.queue += requests
-
-    def poll(self) -> list[Result]:
-        batch, self.queue = self.queue[:self.capacity], self.queue[self.capacity:]
-        return self.inner.generate(batch) if batch else []
+from ..log import show_library_output
+from . import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, Result, generate_all
 
 
 @dataclass(frozen=True)
@@ -184,12 +31,6 @@ class ModelSpec:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None     # sequences the scheduler runs at once (None = vLLM's default)
     quantization: str | None = None     # None = what the checkpoint's config declares
-
-
-PROMPT_TOO_LONG = "prompt_too_long"
-# vLLM 0.32's refusals of a prompt that does not fit max_model_len (VLLMValidationError, raised by the chat
-# renderer or the input processor; the server answers HTTP 400 with the same text)
-TOO_LONG = re.compile(r"maximum (context|model) length")
 
 
 @functools.cache  # request ids ask for it once per request

@@ -33,9 +33,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from .engine import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, ModelSpec, Result, engine_args, generate_all
-from .errors import PersonaError, redact, secret
-from .log import log
+from ..errors import PersonaError, redact, secret
+from ..log import log
+from . import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, Result, generate_all
+from .engine import ModelSpec, engine_args
 
 PER_SERVER = 128        # requests in flight per server: enough for vLLM to fill its batch, few threads
 BACKOFF_MAX_S = 8.0     # the longest wait between two tries
@@ -117,7 +118,7 @@ def _shut(conn: http.client.HTTPConnection) -> None:
 
 
 class ServerBackend:
-    """`Backend` over the servers of `spec` (see generation.engine.Backend)."""
+    """`Backend` over the servers of `spec` (see generation.backends.Backend)."""
 
     def __init__(self, spec: ServerSpec):
         self.spec = spec

@@ -1,0 +1,89 @@
+"""What a stage sees of the models: it asks (`Ask`) and gets answers (`Outcome`), one record's dependent
+calls written as a `Flow` that yields `Need`s, all run by the `Run` it was given. No model, seed, store or
+backend appears here; how the runner turns this into requests is docs/architecture.md ("The streaming loop").
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a generation stage wants from a role's model; the builder adds model, sampling and seed."""
+    key: str                     # stable record key, e.g. "enrich/<persona_id>"; unique within a call
+    messages: list               # chat messages
+    schema: dict | None = None   # JSON schema for structured output
+    max_tokens: int | None = None  # overrides the role's max_tokens (e.g. length-controlled revision)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The durable answer to one Ask: parsed value, or a reject with its raw text and reason."""
+    key: str
+    ok: bool
+    value: Any                   # parse(text) when ok, else None
+    text: str                    # raw text of the last attempt
+    reason: str | None           # reject reason (e.g. "schema: ...", "length") when not ok
+    attempts: int
+    prompt_tokens: int
+    output_tokens: int
+
+
+class Run(Protocol):
+    """How stages reach a model: `run(role, asks, parse)` -> {ask.key: Outcome}.
+
+    `parse(text)` returns the value or raises ValueError with a short reason; a failing answer is
+    retried with a new derived seed, then recorded as a reject. Results are durable: asking again
+    returns the stored outcome without calling the model.
+    """
+    def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]: ...
+
+
+class Need(NamedTuple):
+    """What a flow waits for: one answer of `role`'s model to `ask`, checked by `parse`."""
+    role: str
+    ask: Ask
+    parse: Callable[[str], Any] | None = None
+
+
+# A flow is one record's dependent model calls written as a generator: it yields a Need, receives its
+# Outcome, and returns the record's result, e.g. answer -> critique -> revision for one pair. Running
+# many flows at once lets a runner send each record's next request the moment its previous one is
+# answered, so the engine never waits for a whole stage to finish.
+Flow = Generator[Need, Outcome, Any]
+
+
+def run_flows(run, flows: list[Flow], desc: str = "") -> list:
+    """Each flow's return value, in order. A runner with its own `flows` (builder.runner.StoreRunner)
+    streams them; any other `run(role, asks, parse)` is driven in lockstep, one call per role and step."""
+    if hasattr(run, "flows"):
+        return run.flows(flows, desc)
+    results: list = [None] * len(flows)
+    waiting: list[tuple[int, Need]] = []
+    for i in range(len(flows)):
+        _advance(flows, results, waiting, i, None)
+    while waiting:
+        step, waiting = sorted(waiting, key=lambda w: w[0]), []  # in flow order, as a stage ordered them
+        by_call: dict = {}  # (role, parse) -> {key: [flow indices]}, asks deduplicated by key
+        asks: dict = {}
+        for i, need in step:
+            by_call.setdefault((need.role, need.parse), {}).setdefault(need.ask.key, []).append(i)
+            asks[(need.role, need.parse, need.ask.key)] = need.ask
+        for (role, parse), keys in by_call.items():
+            outs = run(role, [asks[(role, parse, k)] for k in keys], parse)
+            for key, idx in keys.items():
+                for i in idx:
+                    _advance(flows, results, waiting, i, outs[key])
+    return results
+
+
+def _advance(flows, results, waiting, i, value) -> None:
+    try:
+        need = flows[i].send(value)
+    except StopIteration as stop:
+        results[i] = stop.value
+    else:
+        waiting.append((i, need))
+
