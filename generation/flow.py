@@ -31,16 +31,6 @@ class Outcome:
     output_tokens: int
 
 
-class Run(Protocol):
-    """How stages reach a model: `run(role, asks, parse)` -> {ask.key: Outcome}.
-
-    `parse(text)` returns the value or raises ValueError with a short reason; a failing answer is
-    retried with a new derived seed, then recorded as a reject. Results are durable: asking again
-    returns the stored outcome without calling the model.
-    """
-    def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]: ...
-
-
 class Need(NamedTuple):
     """What a flow waits for: one answer of `role`'s model to `ask`, checked by `parse`."""
     role: str
@@ -55,35 +45,15 @@ class Need(NamedTuple):
 Flow = Generator[Need, Outcome, Any]
 
 
-def run_flows(run, flows: list[Flow], desc: str = "") -> list:
-    """Each flow's return value, in order. A runner with its own `flows` (builder.runner.StoreRunner)
-    streams them; any other `run(role, asks, parse)` is driven in lockstep, one call per role and step."""
-    if hasattr(run, "flows"):
-        return run.flows(flows, desc)
-    results: list = [None] * len(flows)
-    waiting: list[tuple[int, Need]] = []
-    for i in range(len(flows)):
-        _advance(flows, results, waiting, i, None)
-    while waiting:
-        step, waiting = sorted(waiting, key=lambda w: w[0]), []  # in flow order, as a stage ordered them
-        by_call: dict = {}  # (role, parse) -> {key: [flow indices]}, asks deduplicated by key
-        asks: dict = {}
-        for i, need in step:
-            by_call.setdefault((need.role, need.parse), {}).setdefault(need.ask.key, []).append(i)
-            asks[(need.role, need.parse, need.ask.key)] = need.ask
-        for (role, parse), keys in by_call.items():
-            outs = run(role, [asks[(role, parse, k)] for k in keys], parse)
-            for key, idx in keys.items():
-                for i in idx:
-                    _advance(flows, results, waiting, i, outs[key])
-    return results
+class Run(Protocol):
+    """How stages reach a model (builder.runner.StoreRunner; in tests the same runner over a scripted
+    backend): `run.flows(flows, desc)` -> each flow's return value, in order; `run(role, asks, parse)`
+    -> {ask.key: Outcome} for asks that depend on nothing.
 
+    `parse(text)` returns the value or raises ValueError with a short reason; a failing answer is
+    retried with a new derived seed, then recorded as a reject. Results are durable: asking again
+    returns the stored outcome without calling the model.
+    """
+    def __call__(self, role: str, asks: list[Ask], parse: Callable[[str], Any] | None = None) -> dict[str, Outcome]: ...
 
-def _advance(flows, results, waiting, i, value) -> None:
-    try:
-        need = flows[i].send(value)
-    except StopIteration as stop:
-        results[i] = stop.value
-    else:
-        waiting.append((i, need))
-
+    def flows(self, flows: list[Flow], desc: str = "") -> list: ...

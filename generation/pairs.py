@@ -25,7 +25,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from .errors import PersonaError
-from .flow import Ask, Flow, Need, Outcome, run_flows
+from .flow import Ask, Flow, Need, Outcome
 from .names import SPLITS
 from .results import StageResult
 
@@ -396,8 +396,8 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     question = dict(zip(prompts.prompt_id, prompts.text))
     # persona-major order: the requests of one persona are in flight together and share their prefix
     pairs = assignment.sort_values(["persona_id", "split", "prompt_id"], kind="stable").to_dict("records")
-    done = run_flows(run, [_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
-                                      max_attempts, structured, limits) for p in pairs], "pairs")
+    done = run.flows([_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
+                                 max_attempts, structured, limits) for p in pairs], "pairs")
     rejects = [d.reject for d in done if d.reject is not None]
     table = pd.DataFrame([d.row for d in done if d.row is not None], columns=COLUMNS).sort_values(
         ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)

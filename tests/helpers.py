@@ -1,20 +1,28 @@
 """Shared test helpers: recipes (as data) pointing at local models, running project code (and builds) in a
-subprocess, and a scripted stand-in for the builder's Run."""
+subprocess, and the builder's runner over a scripted backend."""
 from __future__ import annotations
 
 import copy
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
+import weakref
+from collections import Counter
 from pathlib import Path
 
-from generation.flow import Outcome
+from builder.recipe import ModelConfig, RoleConfig
+from builder.runner import RunnerConfig, StoreRunner
+from builder.store import RequestStore
+from generation.backends import Result
+from generation.evaluation import JUDGE, SUBJECT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,35 +202,65 @@ def start_build(recipe: Path, out: Path, work: Path, *flags, stderr=subprocess.D
                             env=env(**extra_env), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
-# ------------------------------------------------------------------------------ a scripted Run (no model)
+# ------------------------------------------------------------------------------ the real runner over a scripted backend
 
-class ScriptedRun:
-    """A stand-in for the builder's Run (builder/runner.py StoreRunner): `run(role, asks, parse)` ->
-    {key: Outcome}. Each answer is `answer(role, ask, attempt)`, or the fixed text `answer`. Like the real
-    runner it applies `parse` (the text itself without one), retries while parse raises ValueError
-    (`max_attempts`, the recipe default 3), then records a reject with the last text and the error as its
-    reason. Output tokens are counted as words. `calls` records (role, asks) per call."""
+class ScriptedBackend:
+    """A Backend (generation.backends: submit / poll / capacity) answering from a script instead of a model:
+    each request's text is `answer(request)`; every poll returns all submitted requests, in submission order,
+    with the text's words counted as output tokens and no prompt tokens. `submitted` records every submit
+    call's requests."""
+
+    capacity = 64
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.queue: list = []
+        self.submitted: list[list] = []
+
+    def submit(self, requests) -> None:
+        assert len(self.queue) + len(requests) <= self.capacity, "more in flight than capacity"
+        self.queue += requests
+        self.submitted.append(list(requests))
+
+    def poll(self) -> list:
+        done, self.queue = self.queue, []
+        return [Result(r.id, text, 0, len(text.split()), "stop") for r, text in ((r, self.answer(r)) for r in done)]
+
+
+class ScriptedRun(StoreRunner):
+    """The production runner (builder.runner.StoreRunner: the streaming loop, a request store, retries and
+    rejects) over a ScriptedBackend, for testing stages without a model. One model serves every role; each
+    answer is `answer(role, ask, attempt)`, or the fixed text `answer`: the backend finds the ask a request was
+    made for in the requests this runner made (the contract's ChatRequest carries no key), and `attempt` counts
+    the submissions of the same request id (a retry keeps the id, with a new derived seed).
+    `asked[role]` lists each ask sent to the backend, in the order it was sent, once (retries not repeated)."""
 
     def __init__(self, answer, max_attempts: int = 3):
-        self.answer = answer if callable(answer) else (lambda role, ask, attempt: answer)
-        self.max_attempts = max_attempts
-        self.calls: list[tuple[str, list]] = []
+        script = answer if callable(answer) else (lambda role, ask, attempt: answer)
+        folder = tempfile.mkdtemp(prefix="scripted-run-")
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        self.needs: dict = {}                            # request id -> the Need it was made for
+        self.attempts: Counter = Counter()               # request id -> submissions so far
+        self.asked: dict[str, list] = {}
 
-    def __call__(self, role, asks, parse=None):
-        parse = parse or (lambda text: text)
-        asks = list(asks)
-        self.calls.append((role, asks))
-        if len({a.key for a in asks}) != len(asks):
-            raise ValueError(f"{role}: duplicate ask keys")
-        out = {}
-        for ask in asks:
-            for attempt in range(self.max_attempts):
-                text, reason = self.answer(role, ask, attempt), None
-                try:
-                    parse(text)
-                    break
-                except ValueError as e:
-                    reason = (str(e).strip() or type(e).__name__)[:300]
-            out[ask.key] = Outcome(ask.key, reason is None, parse(text) if reason is None else None, text, reason,
-                                   attempt + 1, 0, len(text.split()))
-        return out
+        def reply(request) -> str:
+            need, attempt = self.needs[request.id], self.attempts[request.id]
+            self.attempts[request.id] += 1
+            if attempt == 0:
+                self.asked.setdefault(need.role, []).append(need.ask)
+            return script(need.role, need.ask, attempt)
+
+        self.scripted = ScriptedBackend(reply)
+        cfg = RunnerConfig(seed=0, models={"m": ModelConfig(id="scripted/model")},
+                           roles={role: RoleConfig(model="m") for role in (*ROLES, SUBJECT, JUDGE)},
+                           max_attempts=max_attempts)
+        super().__init__(cfg, RequestStore(Path(folder) / "requests.sqlite"), lambda m: self.scripted, {"m": None})
+
+    def batches(self) -> list[list]:
+        """The Need behind each request of each submit call, in the order sent."""
+        return [[self.needs[r.id] for r in batch] for batch in self.scripted.submitted]
+
+    def request(self, need, attempt: int = 0):
+        req = super().request(need, attempt)
+        self.needs[req.id] = need
+        return req

@@ -103,6 +103,11 @@ def _inputs():
     return personas, prompts, assignment
 
 
+def _retry(ask) -> int:
+    """0 for a pair's first revision ask, n for its n-th retry (key revise/<pair>/retry<n>)."""
+    return int(ask.key.rsplit("/retry", 1)[1]) if "/retry" in ask.key else 0
+
+
 def _who(assignment):
     return {r.pair_id: (r.persona_id, r.prompt_id) for r in assignment.itertuples()}
 
@@ -134,7 +139,8 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     run = ScriptedRun(answer)  # answer(role, ask, attempt): the runner retries a critique that does not parse
     result = build_pairs(personas, prompts, assignment, run)
     table, stats = result.table, result.counts
-    calls = run.calls
+    asked = run.asked
+    revise = [[a for a in asked["reviser"] if _retry(a) == n] for n in range(3)]  # first try, retry1, retry2
 
     # nothing silently dropped
     rejected_ids = [r["id"] for r in result.rejects]
@@ -150,25 +156,26 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     assert stats["pairs"] == 7 and stats["assigned"] == 12
 
     # one responder request per distinct prompt, without the persona
-    roles = [role for role, _ in calls]
-    assert roles == ["responder", "critic", "reviser", "reviser", "reviser"]
-    responder_asks = calls[0][1]
+    assert list(asked) == ["responder", "critic", "reviser"]
+    responder_asks = asked["responder"]
     assert sorted(a.key for a in responder_asks) == ["rejected/q0", "rejected/q1", "rejected/q2", "rejected/q3"]
     text = dict(zip(prompts.prompt_id, prompts.text))
     assert all(a.messages == [{"role": "user", "content": text[a.key.split("/")[1]]}] for a in responder_asks)
 
-    # persona-prefix order: asks grouped by persona, persona first in an otherwise fixed system message
-    for role, instruction in (("critic", CRITIC_INSTRUCTION), ("reviser", REVISER_INSTRUCTION)):
-        asks = next(a for r, a in calls if r == role)
-        owners = [who[a.key.split("/")[1]][0] for a in asks]
+    # persona-prefix order: every batch goes out grouped by persona, persona first in an otherwise fixed
+    # system message
+    for batch in run.batches():
+        owners = [who[n.ask.key.split("/")[1]][0] for n in batch if n.role != "responder"]
         assert owners == sorted(owners)
+    for role, instruction in (("critic", CRITIC_INSTRUCTION), ("reviser", REVISER_INSTRUCTION)):
         text = dict(zip(personas.persona_id, personas.persona))
-        for a, owner in zip(asks, owners):
+        for a in asked[role]:
             assert a.messages[0]["role"] == "system"
+            owner = who[a.key.split("/")[1]][0]
             assert a.messages[0]["content"] == f"PERSONA:\n{text[owner]}\n\n{instruction}"
-    assert len(calls[1][1]) == 9            # 12 pairs - 3 without a rejected answer
-    assert len(calls[2][1]) == 8            # - 1 critique reject
-    retry1, retry2 = calls[3][1], calls[4][1]
+    assert len(asked["critic"]) == 9        # 12 pairs - 3 without a rejected answer
+    assert len(revise[0]) == 8              # - 1 critique reject
+    retry1, retry2 = revise[1], revise[2]
     assert sorted(who[a.key.split("/")[1]] for a in retry1) == [("pa", "q1"), ("pc", "q0")]
     assert all(a.key.endswith("/retry1") and "NOTE: Your previous rewrite repeated" in a.messages[-1]["content"]
                for a in retry1)
@@ -210,13 +217,12 @@ def test_length_control():
     run = ScriptedRun(answer)
     result = build_pairs(personas, prompts, assignment, run, length_control=0.2)
     table, stats = result.table, result.counts
-    calls = run.calls
     assert stats["rejects_by_reason"] == {"length": 1} and stats["length_control"] == 0.2
     assert len(table) + len(result.rejects) == 12 and len(table) == 11
-    first = calls[2][1]
+    first = [a for a in run.asked["reviser"] if _retry(a) == 0]
     assert all(a.max_tokens == math.ceil(20 * 1.2) + 16 for a in first)
     assert all(a.messages[-1]["content"].endswith("LENGTH: about 20 words (between 16 and 24).") for a in first)
-    retry = calls[3][1]
+    retry = [a for a in run.asked["reviser"] if _retry(a) == 1]
     assert sorted(who[a.key.split("/")[1]] for a in retry) == [("pb", "q0"), ("pc", "q3")]
     assert all("NOTE: Your previous rewrite had 40 words; keep it between 16 and 24 words." in a.messages[-1]["content"]
                or "had 30 words" in a.messages[-1]["content"] for a in retry)
@@ -227,7 +233,7 @@ def test_length_control():
     run2 = ScriptedRun(answer)
     result = build_pairs(personas, prompts, assignment, run2)
     table2 = result.table
-    assert len(table2) == 12 and all(a.max_tokens is None for a in run2.calls[2][1])
+    assert len(table2) == 12 and all(a.max_tokens is None for a in run2.asked["reviser"])
 
 
 def test_the_revisers_budget_follows_the_answer_it_rewrites():
@@ -243,7 +249,7 @@ def test_the_revisers_budget_follows_the_answer_it_rewrites():
 
     run = ScriptedRun(answer)
     build_pairs(personas, prompts, assignment, run, limits=RevisionLimits(max_tokens=1552, max_model_len=8192))
-    budgets = {a.messages[-1]["content"].startswith("QUESTION:\nShould taxes"): a.max_tokens for a in run.calls[2][1]}
+    budgets = {a.messages[-1]["content"].startswith("QUESTION:\nShould taxes"): a.max_tokens for a in run.asked["reviser"]}
     assert budgets == {True: 2 * 700 + 16, False: 256}  # the long answer's rewrite fits; short ones get 256
     # bounded by the recipe's reviser max_tokens and by the context left after the prompt
     assert revision_budget(900, None, RevisionLimits(1552, 8192)) == 1552

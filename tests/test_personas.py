@@ -320,9 +320,9 @@ def test_build_personas_replaces_rejects_and_counts_reasons():
     assert draws == [(4, 1, {(s, int(o)) for s, o in zip(people.source_serialno, people.source_sporder)})]
     assert out.replacement_round.tolist() == [0, 0, 1, 1, 1, 1]
     # the married 10-year-old never reached the model
-    assert f"enrich/{_pid('2024HU0000002', 3)}" not in [a.key for a in run.calls[0][1]]
+    assert f"enrich/{_pid('2024HU0000002', 3)}" not in [a.key for a in run.asked["persona_filler"]]
     # only people passing the post-enrichment rules were judged
-    assert f"judge/{_pid('2024HU0000006')}" not in [a.key for a in run.calls[1][1]]
+    assert f"judge/{_pid('2024HU0000006')}" not in [a.key for a in run.asked["consistency_judge"]]
     # the persona text is the rendering of the row
     first = out.iloc[0]
     assert first.persona == P.render_persona(first.to_dict())

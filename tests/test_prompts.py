@@ -227,7 +227,7 @@ def test_classify_keeps_controversial_and_counts_rejects():
 
     run = ScriptedRun(answer)
     kept, stats = classify(table, run, seed=1)
-    (role, asks), = run.calls
+    (role, asks), = run.asked.items()
     assert role == "prompt_classifier" and len(asks) == 30
     assert all(a.schema == CLASSIFY_SCHEMA for a in asks)
     assert len({a.messages[0]["content"] for a in asks}) == 1   # one shared system prompt
@@ -245,9 +245,10 @@ def test_classify_limit_is_a_seeded_sample():
     table = _synthetic_prompts(100)
     run = ScriptedRun('{"topic": "Other", "controversial": true}')
     kept_a, stats = classify(table, run, seed=7, classify_limit=12)
+    asked_a = len(run.asked["prompt_classifier"])
     kept_b, _ = classify(table, run, seed=7, classify_limit=12)
     kept_c, _ = classify(table, run, seed=8, classify_limit=12)
-    assert stats["classified"] == 12 and len(run.calls[0][1]) == 12
+    assert stats["classified"] == 12 and asked_a == 12
     assert list(kept_a.prompt_id) == list(kept_b.prompt_id)
     assert set(kept_a.prompt_id) != set(kept_c.prompt_id)
     positions = [list(table.prompt_id).index(p) for p in kept_a.prompt_id]

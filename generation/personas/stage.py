@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from ..flow import Flow, Need, run_flows
+from ..flow import Flow, Need
 from ..results import StageResult
 from .attributes import OUTPUT_COLUMNS, PROCEDURAL_ATTRIBUTES
 from .enrich import FILLER_ROLE, enrich_one, enrichment_ask, enrichment_parser
@@ -110,7 +110,7 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
                 fine.append(row)
         asks = [enrichment_ask(row) for row in fine]
         parse = enrichment_parser(asks)
-        done = run_flows(run, [_persona_flow(row, ask, parse, reject) for row, ask in zip(fine, asks)], "personas")
+        done = run.flows([_persona_flow(row, ask, parse, reject) for row, ask in zip(fine, asks)], "personas")
         accepted += [row for row, ok in zip(fine, done) if ok]
 
         need = n - len(accepted)
