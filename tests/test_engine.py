@@ -170,6 +170,24 @@ def test_recipe_engine_settings_reach_the_spec_and_are_checked(tmp_path, tiny_mo
     assert load_recipe(write_recipe(tmp_path / "ok.toml", chunked)).models["m"].max_num_batched_tokens == 1024
 
 
+def test_every_engine_setting_of_a_recipe_model_reaches_its_spec():
+    """The engine settings are defined once (EngineSettings, extended by the recipe's ModelConfig and the
+    engine's ModelSpec): a value set for each in a recipe's model reaches the spec the engine starts from."""
+    from dataclasses import fields
+
+    from builder.backends import _spec
+    from builder.recipe import ModelConfig
+    from generation.backends.engine import EngineSettings
+
+    changed = {"dtype": "bfloat16", "max_model_len": 2048, "tensor_parallel_size": 2, "kv_cache_gib": 3.0,
+               "enforce_eager": True, "enable_chunked_prefill": True, "max_num_batched_tokens": 1024,
+               "max_num_seqs": 8, "quantization": "awq"}
+    assert set(changed) == {f.name for f in fields(EngineSettings)}
+    assert all(getattr(EngineSettings(), k) != v for k, v in changed.items())  # none is a default
+    spec = _spec(ModelConfig(id="org/m", **changed), "/weights", "abc")
+    assert spec.engine_settings() == changed and (spec.path, spec.revision) == ("/weights", "abc")
+
+
 def test_only_cpu_keeps_the_engine_core_in_this_process():
     from generation.backends.engine import engine_env
     assert engine_env("cpu")["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

@@ -7,6 +7,7 @@ requests sharing a system prompt / persona prefix run together and hit vLLM's pr
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -16,11 +17,10 @@ from ..log import show_library_output
 from . import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, Result, generate_all
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What is needed to start an engine; see builder.recipe.ModelConfig for the recipe side."""
-    path: str                    # local folder or Hub id
-    revision: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    """How vLLM runs a model, beside which weights: defined once, for the recipe's [models.*] tables
+    (builder.recipe.ModelConfig) and for the engine (ModelSpec), which both extend it."""
     dtype: str = "auto"
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
@@ -29,8 +29,19 @@ class ModelSpec:
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
     max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None     # sequences the scheduler runs at once (None = vLLM's default)
-    quantization: str | None = None     # None = what the checkpoint's config declares
+    max_num_seqs: int | None = None     # sequences the scheduler runs at once (None = vLLM's default); bound it by the KV cache
+    quantization: str | None = None     # vLLM's quantization method (None = what the checkpoint's config declares)
+
+    def engine_settings(self) -> dict:
+        """These settings alone, by name (a ModelConfig or ModelSpec holds more)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(EngineSettings)}
+
+
+@dataclass(frozen=True)
+class ModelSpec(EngineSettings):
+    """What is needed to start an engine: the weights and their EngineSettings."""
+    path: str                    # local folder or Hub id
+    revision: str | None = None
 
 
 @functools.cache  # request ids ask for it once per request
