@@ -71,6 +71,7 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
     log.info(f"census: reading {source}")
     frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
     prov["files"] = frame.sources
+    prov.update(_files_digest(recipe, prov))
     people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
                                     states=c.states or None)
     drawn = [people]
@@ -82,8 +83,7 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
 
     log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
     result = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
-                                     c.personas, recipe.seed, max_rounds=c.max_rounds)
-    result.source = prov
+                                     c.personas, recipe.seed, max_rounds=c.max_rounds, source=prov)
     # fidelity of the personas actually published (after consistency replacements)
     kept = set(zip(result.table.source_serialno, result.table.source_sporder.astype(int)))
     codes = pd.concat(drawn, ignore_index=True)
@@ -206,19 +206,18 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         prompt_stage.table.prompt_id[pool == "heldout"].tolist(), recipe.seed,
         p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
     log.info(f"pairs: {len(assignment.table):,} pairs for {len(people)} personas")
+    model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
+                  for role in ROLES}
     pair_stage = pairs.build_pairs(people, prompt_stage.table, assignment.table, run, p.length_control,
                                    recipe.output.max_attempts, structured=p.structured,
                                    limits=pairs.RevisionLimits(recipe.roles["reviser"].max_tokens,
-                                                               recipe.model_for("reviser").max_model_len))
+                                                               recipe.model_for("reviser").max_model_len),
+                                   models=model_name)
     prefs = pair_stage.table
     if prefs.empty:
         raise BuildError(f"no preference pair survived generation (rejects: "
                          f"{_fmt(pair_stage.counts['rejects_by_reason'])}); "
                          f"see the model's answers in {store.path}")
-    model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
-                  for role in ROLES}
-    prefs["rejected_model"] = model_name["responder"]
-    prefs["chosen_model"] = model_name["reviser"]
     prompt_out = prompt_stage.table  # its `pool` (train / heldout) is not a split of this config: keep the name
 
     stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
@@ -240,8 +239,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
                        "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling(),
                        **engines[recipe.roles[role].model]}
                 for role in ROLES},
-        sources={"census": {**persona_stage.source, **_files_digest(recipe, persona_stage.source)},
-                 "prompts": prompt_stage.source},
+        sources={"census": persona_stage.source, "prompts": prompt_stage.source},
         counts=_counts(stages, assignment, run),
         rejects=_reject_counts(persona_stage, rejects),
         fidelity=census_fit["report"]["rows"],
@@ -271,18 +269,10 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
 
 
 def _rejects_table(stages: dict[str, StageResult]) -> pd.DataFrame:
-    """One row per dropped persona, prompt or pair: `reasons` is a list (a persona can break several
-    rules), `raw` the model's text or None (never the string "None" / "null")."""
-    rows = []
-    for name, stage in stages.items():
-        for r in stage.rejects:
-            raw, reasons = r.get("raw"), [r["reason"]]
-            if name == "personas":  # the stage joins rule names with "," and keeps its detail as JSON
-                reasons = r["reason"].split(",")
-                raw = json.loads(raw) if raw is not None else None
-                raw = raw if raw is None or isinstance(raw, str) else json.dumps(raw, sort_keys=True)
-            rows.append({"stage": name, "id": str(r["id"]), "step": r["step"], "reasons": reasons,
-                         "raw": None if raw is None else str(raw)})
+    """One row per dropped persona, prompt or pair, as its stage recorded it (see StageResult.rejects):
+    `reasons` a list (a persona can break several rules), `raw` the model's text or None."""
+    rows = [{"stage": name, "id": str(r["id"]), "step": r["step"], "reasons": r["reasons"], "raw": r["raw"]}
+            for name, stage in stages.items() for r in stage.rejects]
     cols = ["stage", "id", "step", "reasons", "raw"]
     return pd.DataFrame(rows, columns=cols).sort_values(cols[:3], kind="stable").reset_index(drop=True)
 

@@ -303,9 +303,9 @@ def test_rejects_config_has_reason_lists_and_null_raw_and_loads(tmp_path):
     from builder.pipeline import _reject_counts, _rejects_table, arrow_table
     from generation.results import StageResult
     persona_stage = StageResult(None, {"rejected": {"a_rule": 1, "b_rule": 1, "judge_inconsistent": 1}}, [
-        {"id": "p1", "step": "consistency", "reason": "a_rule,b_rule", "raw": "null"},
-        {"id": "p2", "step": "consistency", "reason": "judge_inconsistent", "raw": '"too young to vote"'}])
-    pair_stage = StageResult(None, {}, [{"id": "x1", "step": "critique", "reason": "invalid JSON: at 3, 4",
+        {"id": "p1", "step": "consistency", "reasons": ["a_rule", "b_rule"], "raw": None},
+        {"id": "p2", "step": "consistency", "reasons": ["judge_inconsistent"], "raw": "too young to vote"}])
+    pair_stage = StageResult(None, {}, [{"id": "x1", "step": "critique", "reasons": ["invalid JSON: at 3, 4"],
                                          "raw": "{not json"}])
     table = _rejects_table({"personas": persona_stage, "prompts": StageResult(None, {}, []), "pairs": pair_stage})
     path = tmp_path / "rejects" / "train-00000-of-00001.parquet"
