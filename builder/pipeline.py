@@ -21,7 +21,7 @@ from generation import census, pairs, personas, prompts, sampling, stats
 from generation.errors import PersonaError
 from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir, check_model
-from generation.names import PREFERENCES, SPLITS
+from generation.names import CONFIGS, PREFERENCES, SPLITS
 from generation.personas.attributes import LLM_ATTRIBUTES
 from generation.results import StageResult
 
@@ -223,10 +223,14 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
     rejects = _rejects_table(stages)
     in_split = {s: np.flatnonzero(prefs.split.to_numpy() == s) for s in SPLITS}
-    tables = {(PREFERENCES, s): _pieces(prefs, in_split[s]) for s in SPLITS}
-    tables.update({("dpo", s): _pieces(prefs, in_split[s], pairs.to_dpo) for s in SPLITS})
-    tables.update({(name, "train"): _pieces(df) for name, df in
-                   (("personas", people), ("prompts", prompt_out), ("rejects", rejects))})
+    per_split = {PREFERENCES: None, "dpo": pairs.to_dpo}  # the pairs, each split as is or rendered
+    whole = {"personas": people, "prompts": prompt_out, "rejects": rejects}
+    tables = {}
+    for config in CONFIGS:  # every config of names.CONFIGS, in its order; one without a table is a KeyError
+        if config in per_split:
+            tables.update({(config, s): _pieces(prefs, in_split[s], per_split[config]) for s in SPLITS})
+        else:
+            tables[(config, "train")] = _pieces(whole[config])
 
     staging = folders.new_staging(out_dir)
     log.info(f"writing shards to {staging}")

@@ -332,3 +332,10 @@ def test_dpo_lengths_diversity_and_repeats():
     assert chosen_diversity(["p", "p", "p", "q", "q", "r"], ["x", "x", "y", "z", "w", "v"]) == \
         {"prompts": 2, "mean_distinct_share": round((2 / 3 + 1) / 2, 4), "min_distinct_share": 0.6667}
     assert repeated_share(["farming", "farming", "chess", None]) == 0.6667 and repeated_share([None]) is None
+
+
+def test_the_card_describes_every_config_a_build_writes():
+    """dataset_card imports nothing of ours: its config list is checked against names.CONFIGS here."""
+    from dataset_card.card import CONFIG_NOTES, DEFAULT_CONFIG
+    from generation.names import CONFIGS, PREFERENCES
+    assert tuple(CONFIG_NOTES) == CONFIGS and DEFAULT_CONFIG == PREFERENCES
