@@ -121,8 +121,8 @@ class Persona:
         Compare finished reports: persona eval --compare eval/A@REV/v1.0.0 eval/B@REV/v1.0.0
         vLLM's own log lines go to WORK/eval/vllm.log; --verbose shows them on stderr instead.
         """
+        from .eval_report import compare as compare_reports
         from .evaluate import Settings, run_eval
-        from .evaluate import compare as compare_reports
         if compare is not None:
             paths = [str(compare), *map(str, more_reports)]
             if len(paths) < 2:

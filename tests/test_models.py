@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from builder.backends import resolve_revisions
-from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder
+from builder.eval_report import report_folder
+from builder.eval_source import CONFIG, EvalError, _shards, open_hub
+from builder.evaluate import PIN, model_config
 from builder.recipe import RoleConfig
 from builder.runner import RunnerConfig, StoreRunner, request_for
 from builder.store import RequestStore
