@@ -61,8 +61,9 @@ NOT_VISIBLE = (401, 403, 404)
 
 
 class PublishError(PersonaError, RuntimeError):
-    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted,
-    control characters escaped (generation.errors.redact: every token handed to a client here is a secret). `status` is the HTTP status of the Hub answer that caused it, if any."""
+    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted
+    (generation.errors.redact: every token handed to a client here is a secret), control characters
+    escaped. `status` is the HTTP status of the Hub answer that caused it, if any."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(printable(redact(message)))

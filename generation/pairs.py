@@ -403,7 +403,7 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     done = run_flows(run, [_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
                                       max_attempts, structured, limits) for p in pairs], "pairs")
     rejects = [d.reject for d in done if d.reject is not None]
-    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=COLUMNS[:-2]).sort_values(
+    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=[c for c in COLUMNS if c not in MODEL_COLUMNS]).sort_values(
         ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
     table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
     for column, role in MODEL_COLUMNS.items():
