@@ -21,7 +21,7 @@ from pathlib import Path
 import fire
 
 from generation.errors import PersonaError, printable
-from generation.names import SMOLLM2
+from generation.names import EVAL_SAMPLING, PAPER_SEED, SMOLLM2
 
 
 class UsageError(PersonaError):
@@ -101,10 +101,11 @@ class Persona:
     def eval(self, *more_reports, compare: str | None = None, data: str = "persona", repo: str | None = None,
              revision: str | None = None, model: str = SMOLLM2, judge: str | None = None,
              model_revision: str | None = None, judge_revision: str | None = None, dtype: str | None = None,
-             max_model_len: int = 4096, kv_cache_gib: float | None = None, seed: int = 20240725,
+             max_model_len: int = 4096, kv_cache_gib: float | None = None, seed: int = PAPER_SEED,
              splits: str = "test_seen,test_unseen", pairs: int = 200, both_orders: bool = False, personas: int = 8, questions: int = 3,
              probe_personas: int = 4, probe_questions: int = 1, probe_mode: str = "output_only",
-             attributes: str | None = None, temperature: float = 0.7, top_p: float = 0.95, max_tokens: int = 256,
+             attributes: str | None = None, temperature: float = EVAL_SAMPLING["temperature"],
+             top_p: float = EVAL_SAMPLING["top_p"], max_tokens: int = EVAL_SAMPLING["max_tokens"],
              out: str = "eval", work: str = ".persona-work", verbose: bool = False):
         """Score a model on PERSONA: pairwise preference prediction, generative personalisation judged
         by --judge, and the leave-one-out attribute probe. Writes eval/<model>@<revision>/<data>/report.json,
@@ -120,8 +121,8 @@ class Persona:
         Compare finished reports: persona eval --compare eval/A@REV/v1.0.0 eval/B@REV/v1.0.0
         vLLM's own log lines go to WORK/eval/vllm.log; --verbose shows them on stderr instead.
         """
+        from .eval_report import compare as compare_reports
         from .evaluate import Settings, run_eval
-        from .evaluate import compare as compare_reports
         if compare is not None:
             paths = [str(compare), *map(str, more_reports)]
             if len(paths) < 2:

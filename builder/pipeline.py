@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from generation import census, pairs, personas, prompts, sampling, stats
 from generation.errors import PersonaError
 from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir, check_model
-from generation.names import PREFERENCES, SPLITS
+from generation.names import CONFIGS, PREFERENCES, SPLITS
 from generation.personas.attributes import LLM_ATTRIBUTES
 from generation.results import StageResult
 
@@ -71,6 +72,7 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
     log.info(f"census: reading {source}")
     frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
     prov["files"] = frame.sources
+    prov.update(_files_digest(recipe, prov))
     people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
                                     states=c.states or None)
     drawn = [people]
@@ -82,8 +84,7 @@ def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
 
     log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
     result = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
-                                     c.personas, recipe.seed, max_rounds=c.max_rounds)
-    result.source = prov
+                                     c.personas, recipe.seed, max_rounds=c.max_rounds, source=prov)
     # fidelity of the personas actually published (after consistency replacements)
     kept = set(zip(result.table.source_serialno, result.table.source_sporder.astype(int)))
     codes = pd.concat(drawn, ignore_index=True)
@@ -170,28 +171,67 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
+class Stages(NamedTuple):
+    """What the stages of one build made: their results by name (personas, prompts, pairs), the
+    prompt assignment and the census fidelity of the personas kept."""
+    results: dict[str, StageResult]
+    assignment: StageResult
+    census_fit: dict
+
+
 def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
     started = time.monotonic()
-    cache = cache_dir()
     log.info(f"recipe {recipe.path} (fingerprint {recipe.fingerprint[:12]}), output {out_dir}, work {work_dir}")
+    revisions, prompt_pool = _check_inputs(recipe)
+    store = RequestStore(work_dir / "requests.sqlite")
+    run = StoreRunner(RunnerConfig.from_recipe(recipe), store, backend_for or backend_for_recipe(recipe), revisions)
+    stages = _run_stages(recipe, run, revisions, prompt_pool, store.path)
+    rejects = _rejects_table(stages.results)
+    tables = _tables(stages.results, rejects)
 
-    # every input a stage needs is checked before the first model request: a mistyped model id or a
-    # bad prompts file found later would cost the census and persona stages first
+    staging = folders.new_staging(out_dir)
+    log.info(f"writing shards to {staging}")
+    shards = write_tables(staging, tables, recipe)
+    fields = _manifest_fields(recipe, revisions, stages, rejects, tables, run, out_dir)
+    if store.flag(REHEARSAL):  # marked for publish and the card: placeholder texts, not a dataset
+        fields["rehearsal"] = "engine double (bench/double.py): placeholder answers, not a dataset"
+    manifest = mf.finalize(staging, shards, **_jsonable(fields))
+    problems = mf.verify_folder(staging)
+    if problems:  # a bug of ours or a disk that lies; left for inspection until the next build
+        raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
+    folders.swap_in(staging, out_dir)
+
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    prefs, people = stages.results["pairs"].table, stages.results["personas"].table
+    log.info(f"done in {minutes}m{seconds:02d}s: {len(prefs):,} pairs, {len(rejects):,} rejects ({len(people)} personas, "
+             f"{len(stages.results['prompts'].table)} prompts) in {_shown(out_dir)}/ "
+             f"({sum(f['bytes'] for f in manifest['files']):,} bytes, verified against manifest.json)")
+    if not show_library_output():
+        log.info(f"vLLM's log: {_shown(work_dir / VLLM_LOG)}")
+    log.info(f'load it with: load_dataset("{_shown(out_dir)}", "{PREFERENCES}")')
+    return manifest
+
+
+def _check_inputs(recipe: Recipe) -> tuple[dict[str, str | None], tuple]:
+    """Every input a stage needs, checked before the first model request (a mistyped model id or a bad
+    prompts file found later would cost the census and persona stages first): the models' resolved
+    revisions and the prompt pool."""
     for name, m in recipe.models.items():
         if not m.server:  # a server is asked about its model by resolve_revisions, next
             check_model(name, m.id, m.revision, m.path, m.prepare)
     revisions = resolve_revisions(recipe)
     log.info(f"prompts: {recipe.prompts.source}")
-    prompt_pool = prompts.read_pool(recipe.prompts.source, recipe.prompts.text_field, recipe.prompts.sha256)
+    return revisions, prompts.read_pool(recipe.prompts.source, recipe.prompts.text_field, recipe.prompts.sha256)
 
-    store = RequestStore(work_dir / "requests.sqlite")
-    run = StoreRunner(RunnerConfig.from_recipe(recipe), store, backend_for or backend_for_recipe(recipe), revisions)
 
-    persona_stage, census_fit = make_personas(recipe, run, cache / "census")
+def _run_stages(recipe: Recipe, run, revisions: dict[str, str | None], prompt_pool, store_path: Path) -> Stages:
+    """personas -> prompts -> assignment -> pairs. A stage that keeps nothing stops the build here, naming
+    its rejects and where the model's answers are."""
+    persona_stage, census_fit = make_personas(recipe, run, cache_dir() / "census")
     people = persona_stage.table
     if people.empty:
         raise BuildError(f"no persona passed enrichment and the consistency checks "
-                         f"(rejects: {_fmt(persona_stage.counts['rejected'])}); see the model's answers in {store.path}")
+                         f"(rejects: {_fmt(persona_stage.counts['rejected'])}); see the model's answers in {store_path}")
     if len(people) < recipe.census.personas:
         log.info(f"personas: only {len(people)} of {recipe.census.personas} consistent personas after "
                  f"{recipe.census.max_rounds} replacement rounds")
@@ -206,83 +246,68 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         prompt_stage.table.prompt_id[pool == "heldout"].tolist(), recipe.seed,
         p.train_per_persona, p.n_train, p.n_unseen, cap=p.cap_to_pool)
     log.info(f"pairs: {len(assignment.table):,} pairs for {len(people)} personas")
+    model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
+                  for role in ROLES}
     pair_stage = pairs.build_pairs(people, prompt_stage.table, assignment.table, run, p.length_control,
                                    recipe.output.max_attempts, structured=p.structured,
                                    limits=pairs.RevisionLimits(recipe.roles["reviser"].max_tokens,
-                                                               recipe.model_for("reviser").max_model_len))
-    prefs = pair_stage.table
-    if prefs.empty:
+                                                               recipe.model_for("reviser").max_model_len),
+                                   models=model_name)
+    if pair_stage.table.empty:
         raise BuildError(f"no preference pair survived generation (rejects: "
                          f"{_fmt(pair_stage.counts['rejects_by_reason'])}); "
-                         f"see the model's answers in {store.path}")
-    model_name = {role: f"{recipe.model_for(role).id}@{revisions[recipe.roles[role].model] or 'unpinned'}"
-                  for role in ROLES}
-    prefs["rejected_model"] = model_name["responder"]
-    prefs["chosen_model"] = model_name["reviser"]
-    prompt_out = prompt_stage.table  # its `pool` (train / heldout) is not a split of this config: keep the name
+                         f"see the model's answers in {store_path}")
+    return Stages({"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}, assignment, census_fit)
 
-    stages = {"personas": persona_stage, "prompts": prompt_stage, "pairs": pair_stage}
-    rejects = _rejects_table(stages)
+
+def _tables(results: dict[str, StageResult], rejects: pd.DataFrame) -> dict[tuple[str, str], Callable[[], Iterator[pd.DataFrame]]]:
+    """(config, split) -> its rows, piece by piece, for every config of names.CONFIGS in its order."""
+    prefs = results["pairs"].table
     in_split = {s: np.flatnonzero(prefs.split.to_numpy() == s) for s in SPLITS}
-    tables = {(PREFERENCES, s): _pieces(prefs, in_split[s]) for s in SPLITS}
-    tables.update({("dpo", s): _pieces(prefs, in_split[s], pairs.to_dpo) for s in SPLITS})
-    tables.update({(name, "train"): _pieces(df) for name, df in
-                   (("personas", people), ("prompts", prompt_out), ("rejects", rejects))})
+    per_split = {PREFERENCES: None, "dpo": pairs.to_dpo}  # the pairs, each split as is or rendered
+    # the prompts table's `pool` (train / heldout) is not a split of that config: it keeps its name
+    whole = {"personas": results["personas"].table, "prompts": results["prompts"].table, "rejects": rejects}
+    tables = {}
+    for config in CONFIGS:  # one without a table is a KeyError
+        if config in per_split:
+            tables.update({(config, s): _pieces(prefs, in_split[s], per_split[config]) for s in SPLITS})
+        else:
+            tables[(config, "train")] = _pieces(whole[config])
+    return tables
 
-    staging = folders.new_staging(out_dir)
-    log.info(f"writing shards to {staging}")
-    shards = write_tables(staging, tables, recipe)
+
+def _manifest_fields(recipe: Recipe, revisions: dict[str, str | None], stages: Stages, rejects: pd.DataFrame,
+                     tables: dict, run, out_dir: Path) -> dict:
+    """What manifest.json records beside the files, and the card shows."""
+    persona_stage, prompt_stage = stages.results["personas"], stages.results["prompts"]
+    prefs, people = stages.results["pairs"].table, persona_stage.table
     engines = {name: backend_settings(m) for name, m in recipe.models.items()}  # once per model, not per role
-    fields = dict(
+    return dict(
         name=recipe.name, recipe=recipe.text, seed=recipe.seed, demo=recipe.demo,
         models={role: {"id": recipe.model_for(role).id, "revision": revisions[recipe.roles[role].model],
                        "dtype": recipe.model_for(role).dtype, "license": recipe.model_for(role).license,
                        "why": recipe.model_for(role).why, "sampling": recipe.roles[role].sampling(),
                        **engines[recipe.roles[role].model]}
                 for role in ROLES},
-        sources={"census": {**persona_stage.source, **_files_digest(recipe, persona_stage.source)},
-                 "prompts": prompt_stage.source},
-        counts=_counts(stages, assignment, run),
+        sources={"census": persona_stage.source, "prompts": prompt_stage.source},
+        counts=_counts(stages.results, stages.assignment, run),
         rejects=_reject_counts(persona_stage, rejects),
-        fidelity=census_fit["report"]["rows"],
-        lengths={**pairs.length_report(prefs, p.length_control), **_dpo_lengths(prefs, recipe)},
-        census_fidelity={k: v for k, v in census_fit["report"].items() if k != "rows"},
-        state_shares=census_fit["state_shares"],
+        fidelity=stages.census_fit["report"]["rows"],
+        lengths={**pairs.length_report(prefs, recipe.pairs.length_control), **_dpo_lengths(prefs, recipe)},
+        census_fidelity={k: v for k, v in stages.census_fit["report"].items() if k != "rows"},
+        state_shares=stages.census_fit["state_shares"],
         description=recipe.description,
         load_path=_load_path(out_dir),
         diversity=_diversity(prefs, people),
         examples=_examples(tables),
     )
-    if store.flag(REHEARSAL):  # marked for publish and the card: placeholder texts, not a dataset
-        fields["rehearsal"] = "engine double (bench/double.py): placeholder answers, not a dataset"
-    manifest = mf.finalize(staging, shards, **_jsonable(fields))
-    problems = mf.verify_folder(staging)
-    if problems:  # a bug of ours or a disk that lies; left for inspection until the next build
-        raise BuildError(f"the fresh build in {staging} does not verify: " + "; ".join(problems))
-    folders.swap_in(staging, out_dir)
-    minutes, seconds = divmod(round(time.monotonic() - started), 60)
-    log.info(f"done in {minutes}m{seconds:02d}s: {len(prefs):,} pairs, {len(rejects):,} rejects ({len(people)} personas, "
-             f"{len(prompt_out)} prompts) in {_shown(out_dir)}/ ({sum(f['bytes'] for f in manifest['files']):,} bytes, "
-             "verified against manifest.json)")
-    if not show_library_output():
-        log.info(f"vLLM's log: {_shown(work_dir / VLLM_LOG)}")
-    log.info(f'load it with: load_dataset("{_shown(out_dir)}", "{PREFERENCES}")')
-    return manifest
 
 
 def _rejects_table(stages: dict[str, StageResult]) -> pd.DataFrame:
-    """One row per dropped persona, prompt or pair: `reasons` is a list (a persona can break several
-    rules), `raw` the model's text or None (never the string "None" / "null")."""
-    rows = []
-    for name, stage in stages.items():
-        for r in stage.rejects:
-            raw, reasons = r.get("raw"), [r["reason"]]
-            if name == "personas":  # the stage joins rule names with "," and keeps its detail as JSON
-                reasons = r["reason"].split(",")
-                raw = json.loads(raw) if raw is not None else None
-                raw = raw if raw is None or isinstance(raw, str) else json.dumps(raw, sort_keys=True)
-            rows.append({"stage": name, "id": str(r["id"]), "step": r["step"], "reasons": reasons,
-                         "raw": None if raw is None else str(raw)})
+    """One row per dropped persona, prompt or pair, as its stage recorded it (see StageResult.rejects):
+    `reasons` a list (a persona can break several rules), `raw` the model's text or None."""
+    rows = [{"stage": name, "id": str(r["id"]), "step": r["step"], "reasons": r["reasons"], "raw": r["raw"]}
+            for name, stage in stages.items() for r in stage.rejects]
     cols = ["stage", "id", "step", "reasons", "raw"]
     return pd.DataFrame(rows, columns=cols).sort_values(cols[:3], kind="stable").reset_index(drop=True)
 

@@ -37,7 +37,7 @@ from huggingface_hub.hf_api import RepoFile
 from builder import folders
 from builder.manifest import MANIFEST, ManifestError, check_files, check_rows, load_manifest, sha256_file, verify_folder
 from builder.manifest_schema import HEX64, clip, path_problem
-from generation.errors import PersonaError, printable
+from generation.errors import PersonaError, printable, redact, secret
 from generation.log import log
 from generation.names import PREFERENCES as CONFIG
 
@@ -58,21 +58,12 @@ ATTEMPTS = 5  # total tries per Hub call; tests lower these two
 BACKOFF_SECONDS = 2.0  # first wait; doubles each retry (2, 4, 8, 16 s)
 # An anonymous read answered with these may be a private repo: only then is it retried with the token.
 NOT_VISIBLE = (401, 403, 404)
-TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{10,}")
-_tokens: set[str] = set()  # every token handed to a client in this process, for redact()
-
-
-def redact(text: str) -> str:
-    """`text` without any token given to a client here, nor anything shaped like a Hub token (a server
-    may echo the Authorization header in its error message)."""
-    for token in sorted(_tokens, key=len, reverse=True):
-        text = text.replace(token, "<redacted>")
-    return TOKEN_LIKE.sub("<redacted>", text)
 
 
 class PublishError(PersonaError, RuntimeError):
-    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted,
-    control characters escaped. `status` is the HTTP status of the Hub answer that caused it, if any."""
+    """A one-line, user-facing reason; the CLI prints it instead of a traceback. Tokens are redacted
+    (generation.errors.redact: every token handed to a client here is a secret), control characters
+    escaped. `status` is the HTTP status of the Hub answer that caused it, if any."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(printable(redact(message)))
@@ -125,7 +116,7 @@ def read_tree(api: HfApi, repo: str, revision: str, what: str = "listing files")
 def _api(token) -> HfApi:
     """A client sending `token` (False: none, not even a saved login)."""
     if isinstance(token, str):
-        _tokens.add(token)
+        secret(token)
     return HfApi(token=token, library_name="persona")
 
 

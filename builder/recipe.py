@@ -19,6 +19,7 @@ from generation.errors import PersonaError
 from generation.ids import fingerprint
 from generation.names import ROLES, SMOLLM2
 from generation.prompt_sources import PromptsError, parse_hf_source
+from generation.prompts import PAPER_HELDOUT_FRACTION
 
 
 class RecipeError(PersonaError, ValueError):
@@ -76,7 +77,7 @@ class PromptsConfig:
     sha256: str | None = None        # pin of a file source
     text_field: str = "text"
     classify_limit: int | None = None  # classify only a seeded sample of this many (small builds)
-    heldout_fraction: float = 868 / 3868   # the paper's 3,000 / 868 split
+    heldout_fraction: float = PAPER_HELDOUT_FRACTION   # the paper's 3,000 / 868 split
 
 
 @dataclass(frozen=True)

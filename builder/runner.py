@@ -20,7 +20,7 @@ from generation.ids import derive_seed, stable_id
 from generation.log import log
 
 from .backends import engine_fingerprint
-from .recipe import ModelConfig, Recipe, RoleConfig
+from .recipe import ModelConfig, OutputConfig, Recipe, RoleConfig
 from .store import RequestStore, Stored, StoreError
 
 
@@ -31,9 +31,10 @@ class RunnerConfig:
     seed: int
     models: dict[str, ModelConfig]
     roles: dict[str, RoleConfig]
-    chunk_size: int = 128            # requests per durable chunk
-    max_attempts: int = 3            # tries for an unusable output before it is a reject
-    truncated: str = "retry"         # see builder.recipe.OutputConfig
+    # the recipe's [output] defaults (builder.recipe.OutputConfig says what each means)
+    chunk_size: int = OutputConfig.chunk_size
+    max_attempts: int = OutputConfig.max_attempts
+    truncated: str = OutputConfig.truncated
 
     @classmethod
     def from_recipe(cls, r: Recipe) -> RunnerConfig:

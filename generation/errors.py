@@ -4,14 +4,16 @@ The CLI prints a PersonaError as one line and exits 2; any other exception is a 
 keeps its traceback. Lives in `generation` because both `generation` and `builder` raise it and
 `generation` never imports `builder`.
 
-Secrets (a server's API key) are registered with `secret()` and replaced by "***" where text leaves the
-process: a PersonaError's message and every log line.
+Secrets (a server's API key, a Hub token handed to a client) are registered with `secret()` and replaced
+by "***" where text leaves the process: a PersonaError's message and every log line. So is anything
+shaped like a Hugging Face token, registered or not (a server may echo the Authorization header).
 """
 from __future__ import annotations
 
 import re
 
 _SECRETS: set[str] = set()
+TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{10,}")
 
 
 def secret(value: str) -> str:
@@ -22,9 +24,10 @@ def secret(value: str) -> str:
 
 
 def redact(text: str) -> str:
+    """`text` without any registered secret, nor anything shaped like a Hub token."""
     for value in sorted(_SECRETS, key=len, reverse=True):  # a longer secret may contain a shorter one
         text = text.replace(value, "***")
-    return text
+    return TOKEN_LIKE.sub("***", text)
 
 
 class PersonaError(Exception):

@@ -306,7 +306,8 @@ FEEDBACK = {
 # ---------------------------------------------------------------------------------------------- build
 
 COLUMNS = ["pair_id", "persona_id", "prompt_id", "split", "persona", "instruction", "rejected",
-           "critique", "chosen", "rejected_tokens", "chosen_tokens"]
+           "critique", "chosen", "rejected_tokens", "chosen_tokens", "rejected_model", "chosen_model"]
+MODEL_COLUMNS = {"rejected_model": "responder", "chosen_model": "reviser"}  # column -> the role that wrote it
 SPLIT_ORDER = {s: i for i, s in enumerate(SPLITS)}
 
 
@@ -340,7 +341,7 @@ def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempt
     answered. Revisions failing "identical" or "length" are asked again (new key, a note on what was
     wrong) up to max_attempts in all; format failures are retried by the runner itself."""
     def reject(step: str, o: Outcome, reason: str | None = None, critiqued=False, revisions=0) -> _Pair:
-        return _Pair(None, {"id": p["pair_id"], "step": step, "reason": reason or o.reason or "rejected",
+        return _Pair(None, {"id": p["pair_id"], "step": step, "reasons": [reason or o.reason or "rejected"],
                             "raw": o.text}, critiqued, revisions)
 
     a = yield Need("responder", rejected_ask(p["prompt_id"], question), parse_answer)
@@ -376,7 +377,8 @@ def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempt
 
 def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.DataFrame, run,
                 length_control: float | None = None, max_attempts: int = 3,
-                structured: bool = False, limits: RevisionLimits | None = None) -> StageResult:
+                structured: bool = False, limits: RevisionLimits | None = None,
+                models: dict[str, str] | None = None) -> StageResult:
     """Run responder -> critic -> reviser over `assignment` [pair_id, persona_id, prompt_id, split],
     one flow per pair (`_pair_flow`), all streamed through `run` at once.
 
@@ -385,7 +387,9 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     answer's length (`revision_budget`, bounded by `limits`: the recipe's reviser max_tokens and the
     model's max_model_len). Returns the preferences table (COLUMNS, ordered by split [train, test_seen,
     test_unseen], persona_id, prompt_id), its counts, and every excluded pair as a reject
-    {id: pair_id, step, reason, raw}, so rows + rejects == assigned pairs.
+    {id: pair_id, step, reasons: [reason], raw}, so rows + rejects == assigned pairs. `models`: role ->
+    "model id@revision", recorded in rejected_model (the responder's) and chosen_model (the reviser's);
+    None where not given.
     """
     if length_control is not None and not 0 < length_control < 1:
         raise PairsError(f"length_control must be None or in (0, 1), got {length_control}")
@@ -399,9 +403,11 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     done = run.flows([_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
                                  max_attempts, structured, limits) for p in pairs], "pairs")
     rejects = [d.reject for d in done if d.reject is not None]
-    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=COLUMNS).sort_values(
+    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=[c for c in COLUMNS if c not in MODEL_COLUMNS]).sort_values(
         ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
     table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
+    for column, role in MODEL_COLUMNS.items():
+        table[column] = (models or {}).get(role)
     revisable = sum(d.revisions > 0 for d in done)
     retries = sum(max(d.revisions - 1, 0) for d in done)
     stats = _pair_counts(assignment, table, rejects, len({p["prompt_id"] for p in pairs}),
@@ -414,7 +420,7 @@ def _pair_counts(assignment, table, rejects, answers: int, critiques: int, revis
     by_reason: dict[str, int] = {}
     by_step: dict[str, int] = {}
     for r in rejects:
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        by_reason[r["reasons"][0]] = by_reason.get(r["reasons"][0], 0) + 1
         by_step[r["step"]] = by_step.get(r["step"], 0) + 1
     stats = {
         "assigned": len(assignment),

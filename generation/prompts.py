@@ -159,7 +159,7 @@ def classify(table: pd.DataFrame, run, seed: int, classify_limit: int | None = N
     controversial ones as [prompt_id, text, topic].
 
     `classify_limit`: classify only a seeded sample of that many prompts (source order kept), for small
-    builds. Classifier rejects are excluded and listed in stats["rejects"] (prompt_id, step, reason, raw).
+    builds. Classifier rejects are excluded and listed in stats["rejects"] (id, step, reasons, raw).
     """
     if classify_limit is not None:
         if classify_limit < 1:
@@ -173,13 +173,13 @@ def classify(table: pd.DataFrame, run, seed: int, classify_limit: int | None = N
     for pid, text, ask in zip(table.prompt_id, table.text, asks):
         o = outcomes[ask.key]
         if not o.ok:
-            rejects.append({"prompt_id": pid, "step": "classify", "reason": o.reason, "raw": o.text})
+            rejects.append({"id": pid, "step": "classify", "reasons": [o.reason], "raw": o.text})
         elif o.value["controversial"]:
             rows.append((pid, text, o.value["topic"]))
     kept = pd.DataFrame(rows, columns=["prompt_id", "text", "topic"])
     reasons: dict[str, int] = {}
     for r in rejects:
-        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        reasons[r["reasons"][0]] = reasons.get(r["reasons"][0], 0) + 1
     stats = {
         "classify_limit": classify_limit,
         "classified": len(asks),
@@ -327,6 +327,6 @@ def select_prompts(source: str, run, seed: int, text_field: str = "text", sha256
         "train": int((table.pool == "train").sum()),
         "heldout": int((table.pool == "heldout").sum()),
     }
-    rejects = [{"id": r.pop("prompt_id"), **r} for r in classify_stats.pop("rejects")]
+    rejects = classify_stats.pop("rejects")
     return StageResult(table, {"filter": filter_stats, "classify": classify_stats, "split": split_stats}, rejects,
                        provenance)

@@ -12,5 +12,7 @@ import pandas as pd
 class StageResult:
     table: pd.DataFrame
     counts: dict                                       # JSON-able numbers, as manifest.json records them
-    rejects: list[dict] = field(default_factory=list)  # one per dropped row: {"id", "step", "reason", "raw"}
+    # one per dropped row, as the rejects config stores it: {"id": str, "step": str, "reasons": list[str]
+    # (every rule a row broke, else one parse or check reason), "raw": the model's text or detail, or None}
+    rejects: list[dict] = field(default_factory=list)
     source: dict | None = None                         # provenance of the input the stage read, if any

@@ -22,9 +22,9 @@ import pandas as pd
 
 from generation.census import REGIONS, STATES, WIDE, CensusError, CensusFrame, person_id, resolve_states
 from generation.ids import rng, stable_id
+from generation.names import PAPER_SEED
 
 PAPER_N = 1586
-PAPER_SEED = 20240725
 METHODS = ("systematic", "es")
 
 # ----------------------------------------------------------------------------- bands

@@ -303,9 +303,9 @@ def test_rejects_config_has_reason_lists_and_null_raw_and_loads(tmp_path):
     from builder.pipeline import _reject_counts, _rejects_table, arrow_table
     from generation.results import StageResult
     persona_stage = StageResult(None, {"rejected": {"a_rule": 1, "b_rule": 1, "judge_inconsistent": 1}}, [
-        {"id": "p1", "step": "consistency", "reason": "a_rule,b_rule", "raw": "null"},
-        {"id": "p2", "step": "consistency", "reason": "judge_inconsistent", "raw": '"too young to vote"'}])
-    pair_stage = StageResult(None, {}, [{"id": "x1", "step": "critique", "reason": "invalid JSON: at 3, 4",
+        {"id": "p1", "step": "consistency", "reasons": ["a_rule", "b_rule"], "raw": None},
+        {"id": "p2", "step": "consistency", "reasons": ["judge_inconsistent"], "raw": "too young to vote"}])
+    pair_stage = StageResult(None, {}, [{"id": "x1", "step": "critique", "reasons": ["invalid JSON: at 3, 4"],
                                          "raw": "{not json"}])
     table = _rejects_table({"personas": persona_stage, "prompts": StageResult(None, {}, []), "pairs": pair_stage})
     path = tmp_path / "rejects" / "train-00000-of-00001.parquet"
@@ -332,3 +332,10 @@ def test_dpo_lengths_diversity_and_repeats():
     assert chosen_diversity(["p", "p", "p", "q", "q", "r"], ["x", "x", "y", "z", "w", "v"]) == \
         {"prompts": 2, "mean_distinct_share": round((2 / 3 + 1) / 2, 4), "min_distinct_share": 0.6667}
     assert repeated_share(["farming", "farming", "chess", None]) == 0.6667 and repeated_share([None]) is None
+
+
+def test_the_card_describes_every_config_a_build_writes():
+    """dataset_card imports nothing of ours: its config list is checked against names.CONFIGS here."""
+    from dataset_card.card import CONFIG_NOTES, DEFAULT_CONFIG
+    from generation.names import CONFIGS, PREFERENCES
+    assert tuple(CONFIG_NOTES) == CONFIGS and DEFAULT_CONFIG == PREFERENCES

@@ -278,7 +278,7 @@ def test_bad_inputs_are_one_clear_line(tmp_path, tiny_build):
 
 
 def test_a_malformed_report_is_one_line_naming_the_key(tmp_path, capsys):
-    """`eval --compare` reads only reports that fit evaluate.REPORT; anything else names file and key."""
+    """`eval --compare` reads only reports that fit eval_report.REPORT; anything else names file and key."""
     from builder.cli import main
 
     good = {"format": "persona-eval/1", "dataset": {"revision": "v1.0.0"},

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from builder.backends import resolve_revisions
-from builder.evaluate import CONFIG, PIN, EvalError, _shards, model_config, open_hub, report_folder
+from builder.eval_report import report_folder
+from builder.eval_source import CONFIG, EvalError, _shards, open_hub
+from builder.evaluate import PIN, model_config
 from builder.recipe import RoleConfig
 from builder.runner import RunnerConfig, StoreRunner, request_for
 from builder.store import RequestStore
@@ -220,14 +222,21 @@ def test_unsafe_revision_label_is_one_line_on_the_command_line():
     assert "'../x' is not a version name" in line
 
 
-def test_shard_paths_nested_or_flat_but_inside_the_config():
-    good = {"test_seen": {"files": ["preferences/test_seen-00000.parquet",
-                                    "preferences/test_seen/part-0.parquet"]}}
-    assert _shards(good, "w") == good["test_seen"]["files"]
+def test_eval_reads_only_shards_the_manifest_schema_let_through():
+    """`persona eval` joins a manifest's shard paths to a local folder: the one schema (builder.manifest_schema)
+    refuses every path that is not a shard of its own config and split, before eval lists them."""
+    from builder.manifest import ManifestError, load_manifest
+    good = f"{CONFIG}/test_seen-00000-of-00001.parquet"
+
+    def manifest(rel):
+        return json.dumps({"format": "persona-manifest/1", "fingerprint": "f" * 64, "files": [],
+                           "counts": {"pairs": {}}, "splits": {CONFIG: {"test_seen": {"rows": 1, "files": [rel]}}}})
+    assert _shards(load_manifest(manifest(good))["splits"][CONFIG]) == [good]
     for bad in ["../x.parquet", "/etc/x.parquet", "preferences/../x.parquet", "preferences\\x.parquet",
-                "dpo/x.parquet", "preferences", "preferences//x.parquet", "C:/x.parquet"]:
-        with pytest.raises(EvalError, match="not a relative path inside preferences/"):
-            _shards({"test_seen": {"files": [bad]}}, "w")
+                "dpo/test_seen-00000-of-00001.parquet", "preferences", "preferences//x.parquet", "C:/x.parquet",
+                "preferences/test_seen/part-0.parquet", "preferences/test_unseen-00000-of-00001.parquet"]:
+        with pytest.raises(ManifestError, match=rf"splits\.{CONFIG}\.test_seen\.files\[0\]"):
+            load_manifest(manifest(bad))
 
 
 def test_eval_repo_refuses_a_layout_that_is_not_a_persona_build(tmp_path):

@@ -137,7 +137,7 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
         return f"REVISED PREFERENCE: Tailored for {persona}: {rejected} extra words here"
 
     run = ScriptedRun(answer)  # answer(role, ask, attempt): the runner retries a critique that does not parse
-    result = build_pairs(personas, prompts, assignment, run)
+    result = build_pairs(personas, prompts, assignment, run, models={"responder": "org/r@1", "reviser": "org/v@2"})
     table, stats = result.table, result.counts
     asked = run.asked
     revise = [[a for a in asked["reviser"] if _retry(a) == n] for n in range(3)]  # first try, retry1, retry2
@@ -182,8 +182,9 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     assert [a.key for a in retry2] == [f"revise/{pid['pa', 'q1']}/retry2"]
     assert stats["revise_retries"] == 3 and stats["requests"] == {"responder": 4, "critic": 9, "reviser": 11}
 
-    # the table
+    # the table, with the model of each answer set by the stage
     assert list(table.columns) == COLUMNS
+    assert set(table.rejected_model) == {"org/r@1"} and set(table.chosen_model) == {"org/v@2"}
     keys = [({"train": 0, "test_seen": 1, "test_unseen": 2}[s], a, q)
             for s, a, q in zip(table.split, table.persona_id, table.prompt_id)]
     assert keys == sorted(keys) and table.split.iloc[0] == "train" and table.split.iloc[-1] == "test_unseen"
@@ -331,4 +332,4 @@ def test_a_revision_with_debris_becomes_a_counted_reject():
     result = build_pairs(personas, prompts, assignment, run)
     assert result.table.empty and len(result.rejects) == len(assignment)
     assert {r["step"] for r in result.rejects} == {"chosen"}
-    assert all(r["reason"].startswith("template_debris") and "{content}" in r["raw"] for r in result.rejects)
+    assert all(r["reasons"][0].startswith("template_debris") and "{content}" in r["raw"] for r in result.rejects)

@@ -357,11 +357,12 @@ def test_build_personas_shortfall_when_draws_run_out():
         return people.iloc[:0]
 
     run = scripted(judge_says_no={_pid("2024HU000001")})
-    result = P.build_personas(people, draw_more, run, n=3, seed=SEED, max_rounds=2)
+    result = P.build_personas(people, draw_more, run, n=3, seed=SEED, max_rounds=2, source={"source": "census.csv"})
     out, stats = result.table, result.counts
     assert len(out) == 2 and stats["shortfall"] == 1 and draws == [1]
-    assert result.rejects[0]["step"] == "consistency" and result.rejects[0]["reason"] == "judge_inconsistent"
-    assert result.rejects[0]["raw"] == '"checked"'  # the judge's detail, as JSON
+    assert result.source == {"source": "census.csv"}  # the stage records its own provenance
+    assert result.rejects[0]["step"] == "consistency" and result.rejects[0]["reasons"] == ["judge_inconsistent"]
+    assert result.rejects[0]["raw"] == "checked"  # the judge's detail, as the rejects config stores it
 
 
 def test_build_personas_stops_after_max_rounds():

@@ -232,8 +232,8 @@ def test_classify_keeps_controversial_and_counts_rejects():
     assert all(a.schema == CLASSIFY_SCHEMA for a in asks)
     assert len({a.messages[0]["content"] for a in asks}) == 1   # one shared system prompt
     assert stats["classifier_rejects"] == 3 and stats["classifier_rejects_by_reason"] == {"not json": 3}
-    assert [r["prompt_id"] for r in stats["rejects"]] == list(table.prompt_id.iloc[[3, 13, 23]])
-    assert all(r["raw"] == "I think this is controversial." for r in stats["rejects"])
+    assert [r["id"] for r in stats["rejects"]] == list(table.prompt_id.iloc[[3, 13, 23]])
+    assert all(r["raw"] == "I think this is controversial." and r["reasons"] == ["not json"] for r in stats["rejects"])
     evens = [i for i in range(30) if i % 2 == 0 and i % 10 != 3]
     assert list(kept.prompt_id) == list(table.prompt_id.iloc[evens])
     assert stats["controversial"] == 15 and stats["not_controversial"] == 12

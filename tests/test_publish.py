@@ -335,17 +335,19 @@ def test_tokens_echoed_by_the_server_are_redacted(hub, client, tmp_path):
     failed = client.one("publish", path=tmp_path / "b1", repo=REPO, version="v1.0.0")["error"]
     # Client.run already asserted TOKEN is nowhere in the client's output
     assert failed.startswith("the upload commit failed after 3 attempts: HTTP 500 Internal Error - injected")
-    assert failed.endswith("(request had Authorization: Bearer <redacted>)")
+    assert failed.endswith("(request had Authorization: Bearer ***)")
 
 
 def test_redact_hides_the_given_token_and_token_shapes():
-    from builder.publish import PublishError, _api, redact
+    from builder.publish import PublishError, _api
+    from generation.errors import PersonaError, redact
 
     other = "hf_" + "a1B2c3D4e5" * 3  # shaped like a Hub token, never given to a client here
-    assert str(PublishError(f"HTTP 401 bad token {other}.")) == "HTTP 401 bad token <redacted>."
+    assert str(PublishError(f"HTTP 401 bad token {other}.")) == "HTTP 401 bad token ***."
+    assert str(PersonaError(f"server said {other}")) == "server said ***"  # one redaction, every error and log line
     assert redact("call hf_hub_download, hf_short") == "call hf_hub_download, hf_short"
     _api(TOKEN)  # a token handed to a client is redacted whole, whatever its shape
-    assert str(PublishError(f"HTTP 401 bad token {TOKEN}")) == "HTTP 401 bad token <redacted>"
+    assert str(PublishError(f"HTTP 401 bad token {TOKEN}")) == "HTTP 401 bad token ***"
 
 
 def test_publish_refuses_symlinked_shards(hub, client, tmp_path):

@@ -14,7 +14,6 @@ people are kept.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 
@@ -67,7 +66,7 @@ def _persona_flow(row: dict, ask, parse, reject) -> Flow:
 
 def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd.DataFrame], run, n: int,
                    seed: int, max_rounds: int = 5, n_quirks: int = 1, n_mannerisms: int = 1,
-                   n_core_values: int = 3) -> StageResult:
+                   n_core_values: int = 3, source: dict | None = None) -> StageResult:
     """Turn sampled census people into n consistent personas, replacing rejects with fresh draws.
 
     Round 0 processes every row of `people`; round r = 1..max_rounds asks `draw_more(k, r, exclude)` for the
@@ -77,16 +76,16 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
     not ok, or an answer outside the person's own schema: reason "enrichment_failed"); "judge_rejects"
     (judged inconsistent: "judge_inconsistent"); "judge_failures" (judge outcome not ok: "judge_failed");
     "duplicates_skipped"; "rounds" (replacement rounds run); "accepted"; "shortfall". Rejects: one per
-    rejected persona, step "consistency", its reasons comma-joined, the judge's or rule's detail as JSON.
+    rejected persona, step "consistency", every rule it broke in `reasons`, the judge's or filler's detail
+    (or None) in `raw`. `source`: the provenance of the census read, recorded as the result's source.
     """
     rejected, rejections, accepted = Counter(), [], []
     seen: set[tuple[str, int]] = set()
     drawn = duplicates = rounds = 0
 
-    def reject(row, reasons, detail=None):
+    def reject(row, reasons: list[str], detail: str | None = None):
         rejected.update(reasons)
-        rejections.append({"id": row["persona_id"], "step": "consistency", "reason": ",".join(reasons),
-                           "raw": json.dumps(detail, default=str, sort_keys=True)})
+        rejections.append({"id": row["persona_id"], "step": "consistency", "reasons": list(reasons), "raw": detail})
 
     batch = people
     while True:
@@ -126,4 +125,4 @@ def build_personas(people: pd.DataFrame, draw_more: Callable[[int, int, set], pd
              "enrichment_rejects": rejected["enrichment_failed"], "judge_rejects": rejected["judge_inconsistent"],
              "judge_failures": rejected["judge_failed"], "duplicates_skipped": duplicates, "rounds": rounds,
              "accepted": len(out), "shortfall": max(0, n - len(out))}
-    return StageResult(out, stats, rejections)
+    return StageResult(out, stats, rejections, source)
