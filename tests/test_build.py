@@ -19,15 +19,16 @@ def built(tiny_build):
 VLLM_LINE = re.compile(r"^(INFO|WARNING) \S+ \S+ \[vllm\.", re.M)  # a vLLM log line as generation/log.py writes it
 
 
-def test_same_recipe_twice_gives_identical_bytes(built):
-    tmp, recipe = built
-    p = build(recipe, tmp / "b" / "persona", tmp / "b" / "work", "--verbose", check=True)
-    a = (tmp / "a" / "persona" / "SHA256SUMS").read_text()
-    assert a == (tmp / "b" / "persona" / "SHA256SUMS").read_text()
+def test_same_recipe_twice_gives_identical_bytes(shared_build, tmp_path):
+    # the session's small build (tests/conftest.py) built again from nothing, in another process
+    recipe = shared_build["recipe"]
+    p = build(recipe, tmp_path / "persona", tmp_path / "work", "--verbose", check=True)
+    a = (shared_build["out"] / "SHA256SUMS").read_text()
+    assert a == (tmp_path / "persona" / "SHA256SUMS").read_text()
     assert "preferences/train-00000-of-00001.parquet" in a and "README.md" in a
     # --verbose shows vLLM's own lines on stderr, and changes nothing in the bytes
     assert VLLM_LINE.search(p.stderr) and "Resolved architecture" in p.stderr, p.stderr[-3000:]
-    assert not (tmp / "b" / "work" / "test" / "vllm.log").exists()
+    assert not (tmp_path / "work" / "test" / "vllm.log").exists()
 
 
 def test_console_shows_only_persona_lines_and_vllm_goes_to_its_log(built):

@@ -109,6 +109,7 @@ def copy_output(reference, dest: Path) -> Path:
 
 # -------------------------------------------------------------------------------------------- crash
 
+@pytest.mark.timeout(1800)  # four builds in a row (three of them cut short)
 def test_kill_9_in_every_stage_then_resume_is_identical(reference, tmp_path):
     recipe, out, work = reference["recipe"], tmp_path / "persona", tmp_path / "work"
     partials = lambda: list(out.parent.glob("persona.partial-*"))  # noqa: E731
