@@ -82,7 +82,7 @@ def shared_build(tmp_path_factory, tiny_model, census_small, prism_file):
     tmp = tmp_path_factory.mktemp("shared")
     recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, prism_file, changes=EXECUTOR)
     out, work = tmp / "persona", tmp / "work"
-    build(recipe, out, work, check=True)
+    build(recipe, out, work, timeout=1800, check=True)  # ~25 tests stand on it: room for a busy machine
     [store] = work.glob("*/requests.sqlite")
     before = _untouched(out, store)
     yield {"recipe": recipe, "out": out, "work": work, "store": store, "model": tiny_model, "census": census_small,
