@@ -1,5 +1,8 @@
+import hashlib
 import os
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # CI and sessions lay the read-only shared data beside the checkout: ../shared/data
 SHARED_DATA = Path(os.environ.get("PERSONA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+# Fixtures that build with the real engine: a test using one (directly or through another fixture) is
+# `slow` whatever its module says, so `pytest -m "not slow"` never waits for a build.
+BUILDS = {"tiny_build", "shared_build"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if BUILDS & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +70,31 @@ def census_small(tmp_path_factory, census_dir) -> Path:
     for dictionary in census_dir.glob("PUMS_Data_Dictionary_*.csv"):
         shutil.copy(dictionary, folder / dictionary.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shared_build(tmp_path_factory, tiny_model, census_small, prism_file):
+    """The crash tests' small recipe (3 personas on three small states, tests/helpers.py make_recipe)
+    built once, uninterrupted, with the in-process engine: the reference that crashed, resumed, served,
+    Ray and raced builds must reproduce, and the store that cheaper tests seed theirs from. Tests read it
+    or copy it (shutil.copytree to tmp_path); none may change it, which is checked at the end."""
+    from .helpers import EXECUTOR, build, make_recipe
+    tmp = tmp_path_factory.mktemp("shared")
+    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, prism_file, changes=EXECUTOR)
+    out, work = tmp / "persona", tmp / "work"
+    build(recipe, out, work, timeout=1800, check=True)  # ~25 tests stand on it: room for a busy machine
+    [store] = work.glob("*/requests.sqlite")
+    before = _untouched(out, store)
+    yield {"recipe": recipe, "out": out, "work": work, "store": store, "model": tiny_model, "census": census_small,
+           "prompts": prism_file}
+    assert _untouched(out, store) == before, f"a test changed the shared build in {tmp}: copy it instead"
+
+
+def _untouched(out: Path, store: Path) -> tuple:
+    """The output's SHA256SUMS (and that the files still match it) and a digest of every stored answer."""
+    from builder.manifest import verify_folder
+    digest = hashlib.sha256()
+    with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        for row in db.execute("SELECT request_id, role, key, ok, text FROM results ORDER BY request_id"):
+            digest.update(repr(row).encode())
+    return (out / "SHA256SUMS").read_text(), verify_folder(out), digest.hexdigest()

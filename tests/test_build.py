@@ -1,16 +1,14 @@
-"""Whole builds with the real engine (tiny random-weight Llama): determinism, loading, verify, resume."""
+"""Whole builds with the real engine (tiny random-weight Llama): determinism, console, loading, verify, card.
+Resume after kill -9 is tests/test_crash.py."""
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, build, edited, env, kill_when, load_toml, run_py, start_build, stored, write_recipe
-
-pytestmark = pytest.mark.slow
+from .helpers import ROOT, build, edited, env, load_toml, run_py, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +19,16 @@ def built(tiny_build):
 VLLM_LINE = re.compile(r"^(INFO|WARNING) \S+ \S+ \[vllm\.", re.M)  # a vLLM log line as generation/log.py writes it
 
 
-def test_same_recipe_twice_gives_identical_bytes(built):
-    tmp, recipe = built
-    p = build(recipe, tmp / "b" / "persona", tmp / "b" / "work", "--verbose", check=True)
-    a = (tmp / "a" / "persona" / "SHA256SUMS").read_text()
-    assert a == (tmp / "b" / "persona" / "SHA256SUMS").read_text()
+def test_same_recipe_twice_gives_identical_bytes(shared_build, tmp_path):
+    # the session's small build (tests/conftest.py) built again from nothing, in another process
+    recipe = shared_build["recipe"]
+    p = build(recipe, tmp_path / "persona", tmp_path / "work", "--verbose", check=True)
+    a = (shared_build["out"] / "SHA256SUMS").read_text()
+    assert a == (tmp_path / "persona" / "SHA256SUMS").read_text()
     assert "preferences/train-00000-of-00001.parquet" in a and "README.md" in a
     # --verbose shows vLLM's own lines on stderr, and changes nothing in the bytes
     assert VLLM_LINE.search(p.stderr) and "Resolved architecture" in p.stderr, p.stderr[-3000:]
-    assert not (tmp / "b" / "work" / "test" / "vllm.log").exists()
+    assert not (tmp_path / "work" / "test" / "vllm.log").exists()
 
 
 def test_console_shows_only_persona_lines_and_vllm_goes_to_its_log(built):
@@ -120,17 +119,8 @@ def test_card_validates_and_matches_manifest(built):
     assert len(manifest["census_fidelity"]["tvd_2way"]) == 36
 
 
-def test_kill_9_during_pair_generation_then_resume(built, tmp_path):
-    tmp, recipe = built
-    out, work = tmp_path / "persona", tmp_path / "work"
-    proc = start_build(recipe, out, work)
-    kill_when(proc, lambda: stored(work, "critic") >= 1, "a critique was stored")
-    assert not (out / "SHA256SUMS").exists()
-    build(recipe, out, work, check=True)
-    assert (out / "SHA256SUMS").read_text() == (tmp / "a" / "persona" / "SHA256SUMS").read_text()
-    with sqlite3.connect(next(work.glob("*/requests.sqlite"))) as db:
-        dup = db.execute("SELECT key, role, count(*) FROM results GROUP BY role, key HAVING count(*) > 1").fetchall()
-    assert dup == []
+# kill -9 during pair generation then resume: tests/test_crash.py::test_kill_9_in_every_stage_then_resume_is_identical
+# (kills once critic or reviser answers are stored, then resumes to the uninterrupted build's bytes, no answer twice)
 
 
 def test_bad_recipe_is_one_clear_line(tmp_path):

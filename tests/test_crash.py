@@ -32,15 +32,7 @@ import pytest
 
 from .helpers import ROOT, build, kill_when, make_recipe, one_line_error, start_build
 
-pytestmark = pytest.mark.slow
-
 # ------------------------------------------------------------------------------------------ helpers
-
-def store_file(work: Path) -> Path:
-    found = list(work.glob("*/requests.sqlite"))
-    assert len(found) == 1, found
-    return found[0]
-
 
 def rows_by_role(store: Path, role: str | None = None) -> int:
     """Rows stored so far (read-only; 0 while the file is not there yet or is locked)."""
@@ -100,17 +92,13 @@ def check_folder(out: Path, reference_out: Path) -> dict:
 # ----------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model, census_small, prism_file):  # noqa: F811
-    """The uninterrupted build every other build must reproduce."""
-    tmp = tmp_path_factory.mktemp("reference")
-    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small)
-    out, work = tmp / "persona", tmp / "work"
-    build(recipe, out, work, check=True)
-    manifest = json.loads((out / "manifest.json").read_text())
+def reference(shared_build):
+    """The uninterrupted build every other build must reproduce (tests/conftest.py shared_build: read or
+    copy it, never change it)."""
+    manifest = json.loads((shared_build["out"] / "manifest.json").read_text())
     # the recipe must exercise every stage, or the kill points below prove nothing
     assert manifest["counts"]["personas"] >= 1 and sum(manifest["counts"]["pairs"].values()) >= 2, manifest["counts"]
-    return {"recipe": recipe, "out": out, "work": work, "store": store_file(work), "model": tiny_model,
-            "census": census_small, "prompts": prism_file}
+    return shared_build
 
 
 def copy_output(reference, dest: Path) -> Path:
@@ -121,6 +109,7 @@ def copy_output(reference, dest: Path) -> Path:
 
 # -------------------------------------------------------------------------------------------- crash
 
+@pytest.mark.timeout(1800)  # four builds in a row (three of them cut short)
 def test_kill_9_in_every_stage_then_resume_is_identical(reference, tmp_path):
     recipe, out, work = reference["recipe"], tmp_path / "persona", tmp_path / "work"
     partials = lambda: list(out.parent.glob("persona.partial-*"))  # noqa: E731

@@ -25,6 +25,7 @@ def _req(i, **kw):
     return ChatRequest(id=f"r{i}", seed=1000 + i, **kw)
 
 
+@pytest.mark.slow
 def test_chat_answers(engine):
     res = engine.generate([_req(i) for i in range(8)])
     assert [r.id for r in res] == [f"r{i}" for i in range(8)]
@@ -33,6 +34,7 @@ def test_chat_answers(engine):
         assert r.finish_reason in ("stop", "length")
 
 
+@pytest.mark.slow
 def test_json_schema_batch(engine):
     import jsonschema
     res = engine.generate([_req(i, schema=SCHEMA, max_tokens=96) for i in range(16)])
@@ -40,6 +42,7 @@ def test_json_schema_batch(engine):
         jsonschema.validate(json.loads(r.text), SCHEMA)
 
 
+@pytest.mark.slow
 def test_alone_equals_in_batch_and_seed_matters(engine):
     batch = engine.generate([_req(i, temperature=1.0) for i in range(12)])
     alone = engine.generate([_req(5, temperature=1.0)])
@@ -48,6 +51,7 @@ def test_alone_equals_in_batch_and_seed_matters(engine):
     assert other_seed[0].text != batch[5].text
 
 
+@pytest.mark.slow
 def test_two_processes_byte_identical(tmp_path, tiny_model):
     from .helpers import recipe_text
     recipe = tmp_path / "r.toml"
@@ -73,6 +77,7 @@ def short_engine(tiny_model):
     return Engine(ModelSpec(path=str(tiny_model), dtype="float32", max_model_len=256, kv_cache_gib=0.05, max_num_seqs=4))
 
 
+@pytest.mark.slow
 def test_an_over_long_prompt_is_a_result_with_its_token_count(short_engine):
     assert short_engine.capacity == 8   # 2 x the max_num_seqs it was given, not 2 x vLLM's default
     tokens = lambda messages: len(short_engine.llm.get_tokenizer().apply_chat_template(  # noqa: E731
@@ -92,6 +97,7 @@ def test_an_over_long_prompt_is_a_result_with_its_token_count(short_engine):
     assert all(r.finish_reason in ("stop", "length") and r.output_tokens > 0 for r in res[2:])  # the rest still run
 
 
+@pytest.mark.slow
 def test_an_over_long_prompt_is_a_counted_reject_never_retried(short_engine, tmp_path):
     from builder.recipe import ModelConfig, RoleConfig
     from builder.runner import RunnerConfig, StoreRunner

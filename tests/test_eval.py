@@ -182,6 +182,7 @@ def test_report_has_every_measure(evaluated):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three eval runs in a row (one cut short)
 def test_same_seed_same_report_and_resume_after_kill(evaluated, tiny_model):
     tmp, data, folder = evaluated
     want = {f: (folder / f).read_bytes() for f in ("report.json", "report.md", "report.png", "items.jsonl")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from builder import folders
 from builder.cli import main
 from builder.manifest import FORMAT, verify_folder
 
-from .helpers import ROOT, build, env, make_recipe, one_line_error, recipe_text, run_py, start_build
+from .helpers import ROOT, build, env, one_line_error, recipe_text, run_py, start_build
 from .test_manifest import build as small_build
 
 
@@ -366,23 +367,31 @@ def test_a_second_holder_is_refused_naming_the_first_pid(tmp_path):
         assert lock.read_text() == f"{os.getpid()}\n"
 
 
-def test_two_builds_on_one_output_run_one_at_a_time(tmp_path, tiny_model, census_small):
-    recipe = make_recipe(tmp_path / "recipe.toml", tiny_model, census_small)
-    out = tmp_path / "persona"
-    first = start_build(recipe, out, tmp_path / "work", stderr=subprocess.PIPE)
-    lock = folders.output_lock(out)
-    deadline = time.time() + 120
-    while not (lock.exists() and lock.read_text().strip() == str(first.pid)) and time.time() < deadline:
-        time.sleep(0.05)
-    # same output, other work folder; then same work folder, other output
-    for other_out, other_work, what in ((out, tmp_path / "work2", "output folder"),
-                                        (tmp_path / "elsewhere", tmp_path / "work", "work folder")):
-        line = one_line_error(build(recipe, other_out, other_work, timeout=300))
-        assert f"{what} " in line and f"in use by another persona process (pid {first.pid};" in line, line
-    assert first.wait(timeout=900) == 0, first.stderr.read()[-3000:]
+def test_two_builds_on_one_output_run_one_at_a_time(tmp_path, shared_build):
+    """A build of the shared recipe (its work folder copied: every answer is stored) is paused (SIGSTOP)
+    once it holds both locks, so the other two builds meet it still running however fast it would be."""
+    recipe, out, work = shared_build["recipe"], tmp_path / "persona", tmp_path / "work"
+    shutil.copytree(shared_build["work"], work)
+    first = start_build(recipe, out, work, stderr=subprocess.PIPE)
+    locks = (folders.output_lock(out), next(work.glob("*/requests.sqlite")).with_name("build.lock"))
+    try:
+        deadline = time.time() + 120
+        while not all(lock.exists() and lock.read_text().strip() == str(first.pid) for lock in locks):
+            assert first.poll() is None and time.time() < deadline, "the first build never held both locks"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        # same output, other work folder; then same work folder, other output
+        for other_out, other_work, what in ((out, tmp_path / "work2", "output folder"),
+                                            (tmp_path / "elsewhere", work, "work folder")):
+            line = one_line_error(build(recipe, other_out, other_work, timeout=300))
+            assert f"{what} " in line and f"in use by another persona process (pid {first.pid};" in line, line
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
     assert not (tmp_path / "elsewhere").exists() and not list(tmp_path.glob("persona.partial*"))
     p = run_py(["-m", "builder.cli", "verify", out])
     assert p.returncode == 0, p.stdout + p.stderr
+    assert (out / "SHA256SUMS").read_text() == (shared_build["out"] / "SHA256SUMS").read_text()
 
 
 # ------------------------------------------------------------------------------------- work folder

@@ -11,14 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .helpers import ROOT, build, edited, env, make_recipe, recipe_data, write_recipe
+from .helpers import EXECUTOR, ROOT, build, edited, env, recipe_data, write_recipe
 
 pytest.importorskip("ray")
 
 # Every Ray build starts a private Ray (all local CPUs) inside the build process; it ends with it.
 # The recipe is identical for local and Ray builds (same fingerprint, same manifest); only the
-# command line picks the executor. timeout_s is small so the frozen replica is noticed quickly.
-EXECUTOR = {"executor.replicas": 2, "executor.timeout_s": 30}
+# command line picks the executor. timeout_s is small so the frozen replica is noticed quickly
+# (tests/helpers.py EXECUTOR, which the shared build's recipe carries).
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,10 @@ def _reap(marker: str, wait_s: float = 60) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_build(tmp_path_factory, tiny_model, census_small, prism_file):  # noqa: F811
-    """3 personas x 3 prompts on three small states (the crash tests' recipe), built locally."""
-    tmp = tmp_path_factory.mktemp("raybuild")
-    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, changes=EXECUTOR)
-    _build(recipe, tmp / "local", "--executor", "local")
-    return recipe, tmp / "local"
+def local_build(shared_build):
+    """3 personas x 3 prompts on three small states (the crash tests' recipe, [executor] included), built
+    locally once for the session (tests/conftest.py shared_build): (recipe, folder holding persona/ and work/)."""
+    return shared_build["recipe"], shared_build["out"].parent
 
 
 def _build(recipe: Path, where: Path, *flags, **extra_env) -> subprocess.CompletedProcess:
@@ -110,6 +108,7 @@ def test_command_line_executor_overrides_keep_the_recipe(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_two_ray_replicas_build_the_same_bytes_as_local(local_build, tmp_path, ray_tmp):
     recipe, local = local_build
     p = _build(recipe, tmp_path, "--executor", "ray", RAY_TMPDIR=ray_tmp)
@@ -122,6 +121,7 @@ def test_two_ray_replicas_build_the_same_bytes_as_local(local_build, tmp_path, r
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_killed_and_frozen_replicas_lose_only_their_slice(local_build, tmp_path, ray_tmp):
     recipe, local = local_build
     # 2nd chunk: replica-0 is killed mid-batch; 4th chunk: whichever replica is first then is frozen
@@ -156,6 +156,7 @@ pool.close()
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_an_over_long_prompt_on_a_ray_replica_is_a_result_not_a_crash(tiny_model, ray_tmp):
     from generation.backends import PROMPT_TOO_LONG
     p = subprocess.run([sys.executable, "-c", TOO_LONG_ON_RAY, str(tiny_model)], capture_output=True, text=True,

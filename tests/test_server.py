@@ -32,7 +32,6 @@ from .helpers import (
     env,
     kill_when,
     load_toml,
-    make_recipe,
     one_line_error,
     recipe_data,
     start_build,
@@ -271,17 +270,15 @@ class VllmServer:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_model, census_small, prism_file):
-    """The server (starting while the reference is built) and the reference: the crash tests' recipe
-    built with the in-process engine."""
+def setup(request, tmp_path_factory, tiny_model):
+    """The server, and the reference: the crash tests' recipe built with the in-process engine
+    (tests/conftest.py shared_build; built while the server starts if no test built it before)."""
     srv = VllmServer(tiny_model, tmp_path_factory.mktemp("server") / "server.log")
     srv.launch()
     try:
-        tmp = tmp_path_factory.mktemp("reference")
-        recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, prism_file)
-        build(recipe, tmp / "persona", tmp / "work", check=True)
+        reference = request.getfixturevalue("shared_build")
         srv.wait()
-        yield srv, {"recipe": recipe, "out": tmp / "persona"}
+        yield srv, reference
     finally:
         if srv.proc.poll() is None:
             srv.kill()

@@ -11,7 +11,8 @@ from generation.personas import ATTRIBUTES
 
 from .helpers import ROOT, build, edited, kill_when, load_toml, run_py, start_build, stored, write_recipe
 
-pytestmark = pytest.mark.slow
+# its own subprocess timeouts allow 900 + 1500 s for the build and 1500 s for the eval
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,7 @@ def _run(recipe, store, n, out, mode="plain"):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path, tiny_model):  # noqa: F811
     n = 400
     recipe = tmp_path / "r.toml"
@@ -186,6 +187,7 @@ def test_resume_after_sigkill(tmp_path, tiny_model):  # noqa: F811
     assert again["before"] == again["after"] == n and again["results"] == reference["results"]
 
 
+@pytest.mark.slow
 def test_unusable_output_is_retried_then_a_counted_reject(tmp_path, tiny_model):  # noqa: F811
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_text(tiny_model))
@@ -197,6 +199,7 @@ def test_unusable_output_is_retried_then_a_counted_reject(tmp_path, tiny_model):
     assert st["requests"] == 10 and st["ok"] == 0 and st["rejects"] == {"never": 10}
 
 
+@pytest.mark.slow
 def test_schema_outputs_parse(tmp_path, tiny_model):  # noqa: F811
     recipe = tmp_path / "r.toml"
     recipe.write_text(recipe_text(tiny_model, max_tokens=96))
