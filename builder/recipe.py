@@ -54,6 +54,9 @@ class RoleConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 256
+    # text added to every request of the role as a system message (after the stage's own system text, if
+    # any): a small model's recipe asks for short answers here; None keeps the stage's messages as they are
+    system: str | None = None
 
     def sampling(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -315,6 +318,7 @@ def _validate_models(r: Recipe) -> None:
             raise RecipeError(f"{key}.model: unknown model {rc.model!r} (defined: {', '.join(r.models) or 'none'})")
         _need(_finite(rc.temperature) and rc.temperature >= 0, f"{key}.temperature", ">= 0", rc.temperature)
         _need(0 < rc.top_p <= 1, f"{key}.top_p", "in (0, 1]", rc.top_p)
+        _need(rc.system is None or bool(rc.system.strip()), f"{key}.system", "a non-empty text", rc.system)
         limit = r.models[rc.model].max_model_len
         # the prompt needs at least one token of the context too
         _need(1 <= rc.max_tokens < limit, f"{key}.max_tokens",

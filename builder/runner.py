@@ -53,11 +53,22 @@ def request_for(cfg: RunnerConfig, role: str, ask: Ask, model_revision: str | No
     if ask.max_tokens is not None:
         sampling["max_tokens"] = ask.max_tokens
     seed = derive_seed(cfg.seed, role, ask.key)
-    base_id = stable_id(role, model.id, model_revision, engine_fingerprint(model), ask.messages, sampling,
+    messages = with_system(ask.messages, cfg.roles[role].system)
+    base_id = stable_id(role, model.id, model_revision, engine_fingerprint(model), messages, sampling,
                         ask.schema, seed, n=32)
     if attempt:
         seed = derive_seed(seed, "retry", attempt)
-    return ChatRequest(id=base_id, messages=ask.messages, seed=seed, schema=ask.schema, **sampling)
+    return ChatRequest(id=base_id, messages=messages, seed=seed, schema=ask.schema, **sampling)
+
+
+def with_system(messages: list, system: str | None) -> list:
+    """The role's recipe `system` text appended to the stage's system message (so a persona-first prefix
+    stays first), or a system message of its own before the rest; no text: the messages unchanged."""
+    if system is None:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{system}"}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
 
 
 class StoreRunner:

@@ -3,6 +3,7 @@ stderr. stdout is left for what a command returns (verify's findings, a dry run'
 tqdm draws progress bars."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -43,6 +44,7 @@ setup()  # persona is an application: its messages read the same from the CLI, a
 
 _ROUTED = "persona_route"        # marks the handlers route_library_logs adds, so a second call replaces them
 _show_library_output = True      # until a command routes them, libraries print as they always do
+_library_log: Path | None = None  # the file route_library_logs sends them to (None: shown on stderr)
 
 
 def show_library_output() -> bool:
@@ -57,8 +59,8 @@ def route_library_logs(path: Path | None) -> None:
     engine: vLLM applies its own logging config (a handler on stdout) at engine start unless
     VLLM_CONFIGURE_LOGGING=0, so that is set here, except when the user set up vLLM's logging
     (VLLM_LOGGING_CONFIG_PATH, or VLLM_CONFIGURE_LOGGING=1)."""
-    global _show_library_output
-    _show_library_output = path is None
+    global _show_library_output, _library_log
+    _show_library_output, _library_log = path is None, path
     handler = _handler(path)
     if not os.environ.get("VLLM_LOGGING_CONFIG_PATH") and os.environ.get("VLLM_CONFIGURE_LOGGING", "0") == "0":
         os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
@@ -80,6 +82,19 @@ def route_library_logs(path: Path | None) -> None:
         from transformers.utils import logging as transformers_logging
         transformers_logging.disable_default_handler()
         _route("transformers", handler, logging.WARNING)
+
+
+@contextlib.contextmanager
+def library_stderr():
+    """Inside: what a library writes to sys.stderr by itself (the tqdm bars transformers draws while it
+    converts a GGUF and writes the shards) goes to the file route_library_logs chose, or stays on stderr
+    when the libraries' output is shown. persona's own lines logged inside go there too: log them outside."""
+    if _library_log is None:
+        yield
+        return
+    _library_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(_library_log, "a", encoding="utf-8") as file, contextlib.redirect_stderr(file):
+        yield
 
 
 def _handler(path: Path | None) -> logging.Handler:

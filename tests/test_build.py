@@ -40,6 +40,7 @@ def test_console_shows_only_persona_lines_and_vllm_goes_to_its_log(built):
                          r"conversations|Adding requests|checkpoint shards")
     shown = [line for line in stderr.splitlines() if chatter.search(line) and not line.startswith("[persona] ")]
     assert not shown, "\n".join(shown[:20])
+    assert len(stderr.splitlines()) <= 20, stderr  # one screen with `make dataset`'s own lines and a bar per stage
     vllm_log = tmp / "a" / "work" / "test" / "vllm.log"
     text = vllm_log.read_text()
     assert VLLM_LINE.search(text) and "Resolved architecture" in text

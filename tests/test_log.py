@@ -46,3 +46,33 @@ def test_summary_paths_are_relative_inside_the_current_folder(tmp_path, monkeypa
     assert _shown(tmp_path / ".persona-work" / "test" / "vllm.log") == ".persona-work/test/vllm.log"
     outside = tmp_path.parent / "elsewhere" / "persona"
     assert _shown(outside) == str(outside)
+
+
+BARS = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    os.environ.pop("TQDM_DISABLE")  # tests/helpers.env() turns tqdm off; these bars are what is tested
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as transformers_logging
+    from generation.log import library_stderr, log, route_library_logs
+    path = None if sys.argv[1] == "-" else Path(sys.argv[1])
+    route_library_logs(path)
+    log.info("persona line")
+    with library_stderr():  # the two bars prepare-model's GGUF conversion draws (transformers' own tqdm calls)
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        for _ in transformers_logging.tqdm(range(2), desc="Writing model shards"):
+            pass
+""")
+
+
+def test_library_progress_bars_go_to_the_log_file_unless_verbose(tmp_path):
+    path = tmp_path / "work" / "vllm.log"
+    p = run_py(["-c", BARS, path], timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == ["[persona] persona line"]
+    text = path.read_text()
+    assert "Converting and de-quantizing GGUF tensors" in text and "Writing model shards" in text
+    p = run_py(["-c", BARS, "-"], timeout=180)  # --verbose: shown as the libraries draw them
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Converting and de-quantizing GGUF tensors" in p.stderr and "Writing model shards" in p.stderr

