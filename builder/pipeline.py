@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 from datasets import Features
 
-from generation import census, pairs, personas, prompts, sampling, stats
+from generation import census, pairs, personas, prompts, sources, stats
 from generation.errors import PersonaError
 from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir, check_model
@@ -65,31 +65,41 @@ def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict
 
 
 def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
-    """The personas stage, plus the census fidelity of the personas actually kept."""
+    """The personas stage through the recipe's census source plug-in (generation.sources), plus the
+    census fidelity of the personas actually kept."""
     c = recipe.census
-    source, dictionary, prov = _census_source(recipe, cache)
-    log.info(f"census: reading {source}")
-    frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
-    prov["files"] = frame.sources
-    people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
-                                    states=c.states or None)
-    drawn = [people]
+    if c.format == "acs-pums":
+        path, dictionary, prov = _census_source(recipe, cache)
+        log.info(f"census: reading {path}")
+        src = sources.open_source(c.format, path, dictionary=dictionary, states=c.states or None,
+                                  min_age=c.min_age, method=c.method)
+        prov["files"] = src.frame.sources
+    else:
+        log.info(f"census: reading {c.source}")
+        src = sources.open_source(c.format, c.source, min_age=c.min_age)
+        if c.sha256 and src.info.sha256 != c.sha256:
+            raise census.CensusError(f"{c.source}: sha256 {src.info.sha256} does not match census.sha256 {c.sha256}")
+        prov = {**src.info.as_dict(), "source": Path(c.source).name}
+    people = src.sample(c.personas, recipe.seed)
+    drawn, labelled = [people], [src.label(people)]
 
     def draw_more(k, round, exclude):
-        more = sampling.draw_more(frame, k, recipe.seed, round, exclude, min_age=c.min_age, states=c.states or None)
+        more = src.draw_more(k, recipe.seed, round, exclude)
         drawn.append(more)
-        return census.label_people(more, frame.dictionary)
+        labelled.append(src.label(more))
+        return labelled[-1]
 
-    log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
-    result = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
-                                     c.personas, recipe.seed, max_rounds=c.max_rounds)
+    log.info(f"personas: {c.personas} drawn from {len(src):,} records; enriching and checking")
+    result = personas.build_personas(labelled[0], draw_more, run, c.personas, recipe.seed, max_rounds=c.max_rounds)
     result.source = prov
     # fidelity of the personas actually published (after consistency replacements)
     kept = set(zip(result.table.source_serialno, result.table.source_sporder.astype(int)))
     codes = pd.concat(drawn, ignore_index=True)
-    codes = codes[[(s, int(o)) in kept for s, o in zip(codes.SERIALNO, codes.SPORDER)]]
-    fidelity = sampling.fidelity_report(frame, codes, min_age=c.min_age, states=c.states or None)
-    return result, {"report": fidelity, "state_shares": sampling.state_shares(codes)}
+    codes = codes[[key in kept for key in src.keys(codes)]]
+    fit = src.fidelity(codes)
+    if src.country != sources.US:  # US builds keep their columns (and bytes); others say where each value came from
+        result.table, fit["extra"] = sources.with_origins(src, result.table, pd.concat(labelled, ignore_index=True))
+    return result, fit
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -248,6 +258,7 @@ def _build(recipe: Recipe, out_dir: Path, work_dir: Path, backend_for) -> dict:
         lengths={**pairs.length_report(prefs, p.length_control), **_dpo_lengths(prefs, recipe)},
         census_fidelity={k: v for k, v in census_fit["report"].items() if k != "rows"},
         state_shares=census_fit["state_shares"],
+        **census_fit.get("extra", {}),
         description=recipe.description,
         load_path=_load_path(out_dir),
         diversity=_diversity(prefs, people),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generation.census import CensusError, resolve_states
+from generation.census.uk import SPECS as UK_SPECS
 from generation.errors import PersonaError
 from generation.ids import fingerprint
 from generation.names import ROLES, SMOLLM2
@@ -68,7 +69,7 @@ class RoleConfig:
 
 @dataclass(frozen=True)
 class CensusConfig:
-    source: str                      # folder of PUMS Parquet, a csv_pus.zip, or "census.gov"
+    source: str                      # folder of PUMS Parquet, a csv_pus.zip, "census.gov", or a UK teaching file
     personas: int
     dictionary: str | None = None    # PUMS data dictionary CSV (path or URL); default: beside source
     sha256: str | None = None        # pin of a downloaded csv_pus.zip
@@ -76,6 +77,9 @@ class CensusConfig:
     states: list[str] = field(default_factory=list)   # empty = all 50 states + DC
     method: str = "systematic"       # "systematic" (PPS, implicit strata) or "es" (Efraimidis-Spirakis)
     max_rounds: int = 5              # replacement rounds for inconsistent personas
+    # which census: "acs-pums" (the US ACS PUMS), or a UK teaching file read by generation.census.uk:
+    # "ni-2021" (Northern Ireland 2021), "scotland-2011" (Scotland 2011), "ew-2021" (England and Wales 2021)
+    format: str = "acs-pums"
 
 
 @dataclass(frozen=True)
@@ -361,7 +365,14 @@ def _validate_server(key: str, m: ModelConfig) -> None:
     _need(_finite(m.timeout_s) and m.timeout_s > 0, f"{key}.timeout_s", "> 0 seconds", m.timeout_s)
 
 
+CENSUS_FORMATS = ("acs-pums", *UK_SPECS)
+
+
 def _validate_census(c: CensusConfig) -> None:
+    _need(c.format in CENSUS_FORMATS, "census.format", f"one of {', '.join(CENSUS_FORMATS)}", c.format)
+    if c.format != "acs-pums":
+        _validate_uk_census(c)
+        return
     _need(bool(c.source.strip()), "census.source", "a folder, a csv_pus.zip or 'census.gov'", c.source)
     _need(c.dictionary is None or bool(c.dictionary.strip()), "census.dictionary", "a path or URL", c.dictionary)
     _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
@@ -378,6 +389,20 @@ def _validate_census(c: CensusConfig) -> None:
     if c.sha256 is not None and _local(c.source) and Path(c.source).is_dir():
         raise RecipeError("census.sha256: pins a csv_pus.zip; a folder source has no single digest (remove it)")
     _exists("census.dictionary", "data dictionary", c.dictionary)
+
+
+def _validate_uk_census(c: CensusConfig) -> None:
+    """A UK teaching file: one local .parquet or .csv, no PUMS options."""
+    spec = UK_SPECS[c.format]
+    _need(_local(c.source) and c.source.endswith((".parquet", ".csv")), "census.source",
+          f"the {spec.title} as a local .parquet or .csv file (download: {spec.url})", c.source)
+    _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
+    _need(c.max_rounds >= 0, "census.max_rounds", ">= 0", c.max_rounds)
+    _need(0 <= c.min_age <= 90, "census.min_age", "in [0, 90]", c.min_age)
+    for key, value, unset in (("dictionary", c.dictionary, None), ("states", c.states, []), ("method", c.method, "systematic")):
+        _need(value == unset, f"census.{key}", f"unset for a UK teaching file ({c.format})", value)
+    _need(c.sha256 is None or bool(_SHA256.fullmatch(c.sha256)), "census.sha256", "64 hex digits", c.sha256)
+    _exists("census.source", "census file", c.source)
 
 
 def _validate_prompts(p: PromptsConfig) -> None:
