@@ -138,7 +138,7 @@ EW_2021 = UkSpec(
          "datasets/publicmicrodatateachingsampleenglandandwalescensus2021"),
     attribution=("Source: Office for National Statistics, Public microdata teaching sample, England and Wales: "
                  "Census 2021. Contains public sector information licensed under the Open Government Licence v3.0."),
-    id_column="resident_id", columns={v: ONS_2021_NAMES[c] for v, c in _NI_COLUMNS.items() if c in ONS_2021_NAMES},
+    id_column="resident_id_m", columns={v: ONS_2021_NAMES[c] for v, c in _NI_COLUMNS.items() if c in ONS_2021_NAMES},
     labels={v: lab for v, lab in _NI_LABELS.items() if v != "religion_brought_up"}, rows=604_351)
 
 SCOTLAND_2011 = UkSpec(
