@@ -232,3 +232,39 @@ def test_card_names_the_source_attribution_and_provenance(ni):
     assert "United States only" not in text and "California and Texas" not in text
     us = render_card(MANIFEST)
     assert "ACS PUMS microdata: US Census Bureau, public domain." in us and "Where each attribute" not in us
+
+
+# ----------------------------------------------------------------------------- the personas stage, scripted
+
+def test_uk_personas_stage_end_to_end_with_a_scripted_model(shared_data, uk_dir, tmp_path, monkeypatch):
+    """configs/uk.toml's personas stage through the source plug-in, with a scripted persona_filler and judge:
+    every persona has its country, source, census lines and per-attribute provenance, and the table is one
+    Arrow table (provenance a struct) for the shards."""
+    import json
+
+    from builder.pipeline import arrow_table, make_personas
+
+    from .helpers import ScriptedRun
+
+    def answer(role, ask, attempt):
+        if role == "consistency_judge":
+            return json.dumps({"reason": "fine", "consistent": True})
+        props = ask.schema["properties"]
+        return json.dumps({k: v["enum"][0] if "enum" in v else "£21,000 a year" if k == "income" else "Plain answer"
+                           for k, v in props.items()})
+
+    monkeypatch.chdir(ROOT)   # the recipe's ../shared/data path is relative to the project root
+    recipe = load_recipe(ROOT / "configs" / "uk.toml")
+    result, fit = make_personas(recipe, ScriptedRun(answer), tmp_path)
+    table = result.table
+    assert len(table) == recipe.census.personas and table["country"].eq("United Kingdom").all()
+    assert table["census_source"].eq("ni-2021").all() and table["source_serialno"].str.startswith("ni-2021:").all()
+    assert all(p["religion"] == "census" and p["income"] == "llm" and p["mannerisms"] == "seeded"
+               for p in table["provenance"])
+    assert all("$" not in text and "nation of residence: Northern Ireland" in text for text in table["persona"])
+    assert result.source["sha256"] == "de1765d1e75fe5ca6cd9ffe96701a50ff8ea731ea39fd874c3b2d551049d811f"
+    assert "Open Government Licence v3.0" in result.source["attribution"]
+    assert fit["report"]["n_sample"] == len(table) and fit["extra"]["census_provenance"]["ni-2021"]["religion"] == {
+        "census": len(table)}
+    arrow = arrow_table(table)
+    assert pa.types.is_struct(arrow.schema.field("provenance").type)
