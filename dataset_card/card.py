@@ -79,10 +79,12 @@ CENSUS_FIELD = "census attribute (ACS PUMS, labelled)"
 # The personas fields of a build from another country's census (a UK teaching file)
 OTHER_CENSUS_FIELD = "from the census, or written by the persona_filler LLM where the census lacks it (see `provenance`)"
 OTHER_PERSONA_NOTES = {
-    "source_serialno": "census source and record serial, e.g. `ni-2021:123`",
-    "source_sporder": "1 (a teaching file has one record per person, no households)",
-    "state": "UK nation of residence", "age": "a seeded year within the census's age band",
-    "imputed_fields": "empty (nothing is imputed)",
+    "source_serialno": "the census record: ACS PUMS SERIALNO, or `<source>:<serial>` for a UK teaching file "
+                       "(e.g. `ni-2021:123`)",
+    "source_sporder": "person number within the ACS housing unit; 1 for a UK teaching file (one record per person)",
+    "state": "US state, or the UK nation of residence",
+    "age": "census age (UK teaching files: a seeded year within the census's age band)",
+    "imputed_fields": "census fields imputed by hot-deck (ACS CA/TX narrow files; none for UK files)",
     "generated_fields": "attributes the census lacks, written by the persona_filler LLM",
     "country": "the persona's country", "census_source": "the census source (recipe `census.format`)",
     "census_extra": "census facts beyond the paper's attributes (e.g. approximate social grade), as persona lines",
@@ -165,6 +167,8 @@ def census_text(m: dict) -> dict:
     with the per-attribute provenance table."""
     if not _other_census(m):
         return dict(US_CENSUS_TEXT)
+    if len(m.get("census_sources") or []) > 1:
+        return _mixed_text(m)
     src = m["sources"]["census"]
     name, year, publisher = src.get("name", "a census"), src.get("year", ""), src.get("publisher", "")
     return {
@@ -183,9 +187,44 @@ def census_text(m: dict) -> dict:
 
 
 def _other_census(m: dict) -> bool:
-    """True for a build from a census other than the US ACS (its source names a country)."""
+    """True for a build from a census other than the US ACS alone (a source names another country, or
+    several sources are mixed)."""
     src = m.get("sources", {}).get("census", {})
-    return isinstance(src, dict) and src.get("country", "United States") != "United States"
+    return (isinstance(src, dict) and src.get("country", "United States") != "United States") or len(
+        m.get("census_sources") or []) > 1
+
+
+def _mixed_text(m: dict) -> dict:
+    """The census sentences of a build mixing several census sources."""
+    srcs = m["census_sources"]
+    named = "; ".join(f"{s.get('name')} ({s.get('publisher')}{', ' + str(s['year']) if s.get('year') else ''}: "
+                      f"{_num(s.get('personas'))} personas)" for s in srcs)
+    licences = "".join(f"- {s.get('name')}: {s.get('publisher')}, {s.get('licence')}. {s.get('attribution', '')}".rstrip()
+                       + "\n" for s in srcs)
+    return {
+        "census_intro": f"{len(srcs)} censuses ({named})",
+        "census_step": ("each census source drawn for its share of the personas (US ACS PUMS: with person weights; "
+                        "UK teaching files: equal weights, systematic with implicit strata); the `personas` config "
+                        "says each persona's `country` and `census_source`."),
+        "census_limits": ("- **Several censuses, unlike each other**: each source has its own variables; attributes a "
+                          "census lacks are written by an LLM (see *Where each attribute comes from*).\n"),
+        "imputed_limits": "",
+        "census_licence": licences,
+        "provenance": provenance_table(m.get("census_provenance")) + fidelity_by_source(m.get("census_fidelity_by_source")),
+    }
+
+
+def fidelity_by_source(by_source: dict | None) -> str:
+    """Marginal TVD per attribute and the worst two-way TVD, per census source of a mixed build."""
+    if not by_source or len(by_source) < 2:
+        return ""
+    out = ["### Fidelity per census source", "", "| source | personas | attribute | TVD |", "|---|---:|---|---:|"]
+    for key, r in sorted(by_source.items()):
+        out += [f"| {key} | {_num(r.get('n_sample'))} | {a} | {_share(t)} |" for a, t in sorted(r.get("tvd", {}).items())]
+        if r.get("tvd_2way"):
+            worst = max(r["tvd_2way"], key=lambda p: p["tvd"])
+            out.append(f"| {key} | | worst pair: {' × '.join(worst['attributes'])} | {_share(worst['tvd'])} |")
+    return "\n".join(out) + "\n\n"
 
 
 def provenance_table(prov: dict | None) -> str:

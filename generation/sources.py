@@ -34,7 +34,7 @@ class SourceInfo:
     key: str              # the recipe's census.format
     name: str
     publisher: str
-    year: int
+    year: int | None
     country: str
     licence: str
     url: str
@@ -269,7 +269,7 @@ def open_source(fmt: str, path, *, dictionary=None, states=None, min_age: int = 
         raise census.CensusError(f"unknown census format {fmt!r} (known: acs-pums, {', '.join(uk.SPECS)})")
     frame = census.read_census(path, states=states, dictionary=dictionary)
     info = info or SourceInfo(key="acs-pums", name="American Community Survey Public Use Microdata Sample",
-                              publisher="U.S. Census Bureau", year=0, country=US, licence="public domain",
+                              publisher="U.S. Census Bureau", year=None, country=US, licence="public domain",
                               url="https://www.census.gov/programs-surveys/acs/microdata.html", sha256=None)
     return AcsSource(frame, info, method=method, min_age=min_age, states=states)
 
@@ -281,9 +281,11 @@ def with_origins(src, personas: pd.DataFrame, labelled: pd.DataFrame) -> tuple[p
     by_serial = labelled.drop_duplicates("source_serialno").set_index("source_serialno")
     out = personas.copy()
     mine = by_serial.loc[out["source_serialno"]]
-    out["country"] = mine["country"].to_numpy()
-    out["census_source"] = mine["census_source"].to_numpy()
-    out["census_extra"] = [list(x) for x in mine["census_extra"]]
+    n = len(out)
+    # a US (ACS) source's labelled rows carry none of these: its country, its key, no extra lines
+    out["country"] = mine["country"].to_numpy() if "country" in mine else [src.country] * n
+    out["census_source"] = mine["census_source"].to_numpy() if "census_source" in mine else [src.info.key] * n
+    out["census_extra"] = [list(x) for x in mine["census_extra"]] if "census_extra" in mine else [[] for _ in range(n)]
     origins = [src.provenance(row) for row in out.to_dict("records")]
     out["provenance"] = origins
     counts: dict[str, dict[str, int]] = {a: {} for a in ATTRIBUTES}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -236,26 +237,25 @@ def test_card_names_the_source_attribution_and_provenance(ni):
 
 # ----------------------------------------------------------------------------- the personas stage, scripted
 
+def _answer(role, ask, attempt):
+    """A scripted model: a consistent judge, and a filler answering every field of the person's schema."""
+    if role == "consistency_judge":
+        return json.dumps({"reason": "fine", "consistent": True})
+    return json.dumps({k: v["enum"][0] if "enum" in v else "£21,000 a year" if k == "income" else "Plain answer"
+                       for k, v in ask.schema["properties"].items()})
+
+
 def test_uk_personas_stage_end_to_end_with_a_scripted_model(shared_data, uk_dir, tmp_path, monkeypatch):
     """configs/uk.toml's personas stage through the source plug-in, with a scripted persona_filler and judge:
     every persona has its country, source, census lines and per-attribute provenance, and the table is one
     Arrow table (provenance a struct) for the shards."""
-    import json
-
     from builder.pipeline import arrow_table, make_personas
 
     from .helpers import ScriptedRun
 
-    def answer(role, ask, attempt):
-        if role == "consistency_judge":
-            return json.dumps({"reason": "fine", "consistent": True})
-        props = ask.schema["properties"]
-        return json.dumps({k: v["enum"][0] if "enum" in v else "£21,000 a year" if k == "income" else "Plain answer"
-                           for k, v in props.items()})
-
     monkeypatch.chdir(ROOT)   # the recipe's ../shared/data path is relative to the project root
     recipe = load_recipe(ROOT / "configs" / "uk.toml")
-    result, fit = make_personas(recipe, ScriptedRun(answer), tmp_path)
+    result, fit = make_personas(recipe, ScriptedRun(_answer), tmp_path)
     table = result.table
     assert len(table) == recipe.census.personas and table["country"].eq("United Kingdom").all()
     assert table["census_source"].eq("ni-2021").all() and table["source_serialno"].str.startswith("ni-2021:").all()
@@ -268,3 +268,52 @@ def test_uk_personas_stage_end_to_end_with_a_scripted_model(shared_data, uk_dir,
         "census": len(table)}
     arrow = arrow_table(table)
     assert pa.types.is_struct(arrow.schema.field("provenance").type)
+
+
+def test_a_recipe_mixing_us_and_ni_sources(census_small, uk_dir, tmp_path, monkeypatch):
+    """US 0.75 / NI 0.25 of 8 personas: each source's share, its own deterministic draw (the same NI
+    personas as an NI-only recipe of that size), country and source per persona, fidelity per source."""
+    from builder.pipeline import make_personas
+
+    from .helpers import ScriptedRun
+
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "configs" / "uk.toml").read_text()
+    ni_block = text[text.index("[census]"):text.index("[prompts]")]
+    mixed = text.replace(ni_block, f"""[census]
+source = "{census_small}"
+personas = 8
+share = 0.75
+
+[[census.more]]
+format = "ni-2021"
+source = "{uk_dir / 'ni_2021_teaching_sample.parquet'}"
+share = 0.25
+
+""")
+    path = tmp_path / "mixed.toml"
+    path.write_text(mixed)
+    recipe = load_recipe(path)
+    assert [(c.format, n) for c, n in recipe.census.sources()] == [("acs-pums", 6), ("ni-2021", 2)]
+    result, fit = make_personas(recipe, ScriptedRun(_answer), tmp_path / "cache")
+    table = result.table
+    assert table["census_source"].tolist()[-2:] == ["ni-2021", "ni-2021"]
+    assert set(table["country"]) == {"United States", "United Kingdom"} and table["persona_id"].is_unique
+    us = table[table.census_source == "acs-pums"]
+    assert all(p["religion"] == "llm" for p in us["provenance"]) and us["census_extra"].map(len).eq(0).all()
+    assert set(fit["extra"]["census_fidelity_by_source"]) == {"acs-pums", "ni-2021"}
+    assert [s["key"] for s in fit["extra"]["census_sources"]] == ["acs-pums", "ni-2021"]
+    alone = path.with_name("ni.toml")
+    alone.write_text(text.replace("personas = 8", "personas = 2").replace(
+        "../shared/data/census-uk/ni_2021_teaching_sample.parquet", str(uk_dir / "ni_2021_teaching_sample.parquet")))
+    ni_only, _ = make_personas(load_recipe(alone), ScriptedRun(_answer), tmp_path / "cache")
+    assert ni_only.table["persona_id"].tolist() == table["persona_id"].tolist()[-2:]
+    m = copy.deepcopy(__import__("tests.test_card", fromlist=["MANIFEST"]).MANIFEST)
+    m.update(fit["extra"])
+    card = render_card(m)
+    assert "### Fidelity per census source" in card and "| ni-2021 | 2 | religion |" in card
+    assert "U.S. Census Bureau, public domain" in card and "Open Government Licence v3.0" in card
+    assert "`country` and `census_source`" in card and "United States only" not in card
+    with pytest.raises(RecipeError, match=r"census\.share: must be with the census\.more shares, a sum of 1"):
+        path.write_text(mixed.replace("share = 0.25", "share = 0.5"))
+        load_recipe(path)
