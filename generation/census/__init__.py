@@ -12,7 +12,8 @@ Codes are kept as PUMS integer codes in pandas nullable small ints; <NA> is the 
 
 Modules, by job: `states` (the state table), `columns` (the PUMS columns read and their types),
 `dictionary` (the data dictionary), `readers` (both sources -> CensusFrame), `download` (official files
-with a checksum cache), `labels` (sampled people -> labelled rows).
+with a checksum cache), `labels` (sampled people -> labelled rows), `uk` (the UK census teaching files:
+NI 2021, Scotland 2011, E&W 2021; the source plug-ins over both are in generation/sources.py).
 """
 from __future__ import annotations
 
