@@ -305,7 +305,8 @@ def funnel(m: dict) -> str:
     if "personas_drawn" in c:
         by_rule = rejects.get("personas", {})
         rows = [["census records eligible", _num(m.get("census_fidelity", {}).get("population_records"))],
-                ["drawn (PPS by person weight, replacements included)", _num(c["personas_drawn"])],
+                ["drawn (PPS by person weight, replacements included)" if not _other_census(m) else
+                 "drawn (by each census's own design, replacements included)", _num(c["personas_drawn"])],
                 ["rejected (rules, enrichment or judge)", _minus(c["personas_rejected"])]]
         rows += [[f"&nbsp;&nbsp;&nbsp;&nbsp;breaking `{rule}`", _num(n)] for rule, n in sorted(by_rule.items())]
         rows += [["**personas**", f"**{_num(c['personas'])}**"]]
