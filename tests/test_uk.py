@@ -317,3 +317,18 @@ share = 0.25
     with pytest.raises(RecipeError, match=r"census\.share: must be with the census\.more shares, a sum of 1"):
         path.write_text(mixed.replace("share = 0.25", "share = 0.5"))
         load_recipe(path)
+
+
+def test_a_us_only_recipe_keeps_its_columns_and_manifest_keys(census_small, tmp_path, monkeypatch):
+    """The US build's bytes must not change: no origin columns, no new manifest keys, without a mix."""
+    from builder.pipeline import make_personas
+
+    from .helpers import ScriptedRun
+
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "configs" / "cpu.toml").read_text().replace("../shared/data/census/acs-pums-2024-1yr", str(census_small))
+    path = tmp_path / "us.toml"
+    path.write_text(text.replace("personas = 8", "personas = 3"))
+    result, fit = make_personas(load_recipe(path), ScriptedRun(_answer), tmp_path / "cache")
+    assert list(result.table.columns) == P.OUTPUT_COLUMNS and "extra" not in fit
+    assert "country" not in result.source and set(fit) == {"report", "state_shares"}
