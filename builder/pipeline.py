@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 from datasets import Features
 
-from generation import census, pairs, personas, prompts, sampling, stats
+from generation import census, pairs, personas, prompts, sources, stats
 from generation.errors import PersonaError
 from generation.log import log, route_library_logs, show_library_output
 from generation.models import cache_dir, check_model
@@ -29,7 +29,7 @@ from generation.results import StageResult
 from . import folders
 from . import manifest as mf
 from .backends import backend_for_recipe, backend_settings, model_spec, resolve_revisions, with_executor
-from .recipe import ROLES, Recipe, load_recipe
+from .recipe import ROLES, CensusConfig, Recipe, load_recipe
 from .runner import REHEARSAL, RunnerConfig, StoreRunner, reason_category
 from .shards import write_config
 from .store import RequestStore
@@ -45,8 +45,7 @@ def _fmt(counts: dict) -> str:
 
 # ----------------------------------------------------------------------------------------- census
 
-def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict]:
-    c = recipe.census
+def _census_source(c: CensusConfig, cache: Path) -> tuple[Path, Path | None, dict]:
     if c.source == "census.gov":
         persons = census.download(census.OFFICIAL_URLS["persons"], cache, c.sha256)
         housing = census.download(census.OFFICIAL_URLS["housing"], cache)
@@ -66,31 +65,71 @@ def _census_source(recipe: Recipe, cache: Path) -> tuple[Path, Path | None, dict
 
 
 def make_personas(recipe: Recipe, run, cache: Path) -> tuple[StageResult, dict]:
-    """The personas stage, plus the census fidelity of the personas actually kept."""
-    c = recipe.census
-    source, dictionary, prov = _census_source(recipe, cache)
-    log.info(f"census: reading {source}")
-    frame = census.read_census(source, states=c.states or None, dictionary=dictionary)
-    prov["files"] = frame.sources
-    prov.update(_files_digest(recipe, prov))
-    people = sampling.sample_people(frame, c.personas, recipe.seed, method=c.method, min_age=c.min_age,
-                                    states=c.states or None)
-    drawn = [people]
+    """The personas stage through each census source plug-in of the recipe (generation.sources), plus the
+    census fidelity of the personas actually kept. A mixed recipe ([[census.more]]) runs the stage once
+    per source, for its share of the personas, and joins them in recipe order."""
+    parts = recipe.census.sources()
+    if len(parts) == 1:
+        return _source_personas(recipe, recipe.census, recipe.census.personas, run, cache, mixed=False)
+    return _join([_source_personas(recipe, c, n, run, cache, mixed=True) for c, n in parts])
+
+
+def _source_personas(recipe: Recipe, c: CensusConfig, n: int, run, cache: Path, mixed: bool) -> tuple[StageResult, dict]:
+    if c.format == "acs-pums":
+        path, dictionary, prov = _census_source(c, cache)
+        log.info(f"census: reading {path}")
+        src = sources.open_source(c.format, path, dictionary=dictionary, states=c.states or None,
+                                  min_age=c.min_age, method=c.method)
+        prov["files"] = src.frame.sources
+        prov.update(_files_digest(c, prov))
+    else:
+        log.info(f"census: reading {c.source}")
+        src = sources.open_source(c.format, c.source, min_age=c.min_age)
+        if c.sha256 and src.info.sha256 != c.sha256:
+            raise census.CensusError(f"{c.source}: sha256 {src.info.sha256} does not match census.sha256 {c.sha256}")
+        prov = {**src.info.as_dict(), "source": Path(c.source).name}
+    people = src.sample(n, recipe.seed)
+    drawn, labelled = [people], [src.label(people)]
 
     def draw_more(k, round, exclude):
-        more = sampling.draw_more(frame, k, recipe.seed, round, exclude, min_age=c.min_age, states=c.states or None)
+        more = src.draw_more(k, recipe.seed, round, exclude)
         drawn.append(more)
-        return census.label_people(more, frame.dictionary)
+        labelled.append(src.label(more))
+        return labelled[-1]
 
-    log.info(f"personas: {c.personas} drawn from {len(frame):,} records; enriching and checking")
-    result = personas.build_personas(census.label_people(people, frame.dictionary), draw_more, run,
-                                     c.personas, recipe.seed, max_rounds=c.max_rounds, source=prov)
+    log.info(f"personas: {n} drawn from {len(src):,} records; enriching and checking")
+    result = personas.build_personas(labelled[0], draw_more, run, n, recipe.seed, max_rounds=c.max_rounds,
+                                     source=prov)
     # fidelity of the personas actually published (after consistency replacements)
     kept = set(zip(result.table.source_serialno, result.table.source_sporder.astype(int)))
     codes = pd.concat(drawn, ignore_index=True)
-    codes = codes[[(s, int(o)) in kept for s, o in zip(codes.SERIALNO, codes.SPORDER)]]
-    fidelity = sampling.fidelity_report(frame, codes, min_age=c.min_age, states=c.states or None)
-    return result, {"report": fidelity, "state_shares": sampling.state_shares(codes)}
+    codes = codes[[key in kept for key in src.keys(codes)]]
+    fit = src.fidelity(codes)
+    # US-only builds keep their columns (and bytes); the others say where each value came from
+    if mixed or src.country != sources.US:
+        result.table, fit["extra"] = sources.with_origins(src, result.table, pd.concat(labelled, ignore_index=True))
+        fit["extra"]["census_sources"] = [{**src.info.as_dict(), "personas": int(len(result.table))}]
+        fit["extra"]["census_fidelity_by_source"] = {src.info.key: fit["report"]}
+    return result, fit
+
+
+def _join(parts: list[tuple[StageResult, dict]]) -> tuple[StageResult, dict]:
+    """One personas stage from several sources: tables and rejects in recipe order, counts added up; the
+    first source's fidelity stays the headline, every source's is in census_fidelity_by_source."""
+    results, fits = [r for r, _ in parts], [f for _, f in parts]
+    counts: dict = {}
+    for r in results:
+        for k, v in r.counts.items():
+            counts[k] = ({**{key: counts.get(k, {}).get(key, 0) + n for key, n in v.items()},
+                          **{key: n for key, n in counts.get(k, {}).items() if key not in v}}
+                         if isinstance(v, dict) else max(counts.get(k, 0), v) if k == "rounds" else counts.get(k, 0) + v)
+    counts["rejected"] = dict(sorted(counts["rejected"].items()))
+    joined = StageResult(pd.concat([r.table for r in results], ignore_index=True), counts,
+                         [x for r in results for x in r.rejects], results[0].source)
+    extra = {"census_sources": [s for f in fits for s in f["extra"]["census_sources"]],
+             "census_provenance": {k: v for f in fits for k, v in f["extra"]["census_provenance"].items()},
+             "census_fidelity_by_source": {k: v for f in fits for k, v in f["extra"]["census_fidelity_by_source"].items()}}
+    return joined, {**fits[0], "extra": extra}
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -296,6 +335,7 @@ def _manifest_fields(recipe: Recipe, revisions: dict[str, str | None], stages: S
         lengths={**pairs.length_report(prefs, recipe.pairs.length_control), **_dpo_lengths(prefs, recipe)},
         census_fidelity={k: v for k, v in stages.census_fit["report"].items() if k != "rows"},
         state_shares=stages.census_fit["state_shares"],
+        **stages.census_fit.get("extra", {}),
         description=recipe.description,
         load_path=_load_path(out_dir),
         diversity=_diversity(prefs, people),
@@ -329,10 +369,10 @@ def _load_path(out_dir: Path) -> str:
     return out_dir.name if out_dir.is_absolute() else out_dir.as_posix()
 
 
-def _files_digest(recipe: Recipe, census_source: dict) -> dict:
+def _files_digest(c: CensusConfig, census_source: dict) -> dict:
     """One sha256 over the census files read from a local folder: of their `sha256sum` listing
     ("<sha256>  <name>" lines, sorted by name), so it can be checked with standard tools."""
-    folder = Path(recipe.census.source)
+    folder = Path(c.source)
     files = census_source.get("files") or []
     if not folder.is_dir() or not files:
         return {}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from generation.backends.engine import EngineSettings
 from generation.census import CensusError, resolve_states
+from generation.census.uk import SPECS as UK_SPECS
 from generation.errors import PersonaError
 from generation.ids import fingerprint
 from generation.names import ROLES, SMOLLM2
@@ -63,8 +64,21 @@ class RoleConfig:
 
 
 @dataclass(frozen=True)
+class MoreCensus:
+    """A further census source of a mixed recipe (`[[census.more]]`): its share of census.personas."""
+    format: str
+    source: str
+    share: float
+    sha256: str | None = None
+    dictionary: str | None = None
+    min_age: int = 0
+    states: list[str] = field(default_factory=list)
+    method: str = "systematic"
+
+
+@dataclass(frozen=True)
 class CensusConfig:
-    source: str                      # folder of PUMS Parquet, a csv_pus.zip, or "census.gov"
+    source: str                      # folder of PUMS Parquet, a csv_pus.zip, "census.gov", or a UK teaching file
     personas: int
     dictionary: str | None = None    # PUMS data dictionary CSV (path or URL); default: beside source
     sha256: str | None = None        # pin of a downloaded csv_pus.zip
@@ -72,6 +86,24 @@ class CensusConfig:
     states: list[str] = field(default_factory=list)   # empty = all 50 states + DC
     method: str = "systematic"       # "systematic" (PPS, implicit strata) or "es" (Efraimidis-Spirakis)
     max_rounds: int = 5              # replacement rounds for inconsistent personas
+    # which census: "acs-pums" (the US ACS PUMS), or a UK teaching file read by generation.census.uk:
+    # "ni-2021" (Northern Ireland 2021), "scotland-2011" (Scotland 2011), "ew-2021" (England and Wales 2021)
+    format: str = "acs-pums"
+    # several sources in one dataset: this source's share, and [[census.more]] the others with theirs
+    # (shares add up to 1; each source's personas, ids and draws depend only on its own file and count)
+    share: float = 1.0
+    more: list[MoreCensus] = field(default_factory=list)
+
+    def sources(self) -> list[tuple[CensusConfig, int]]:
+        """(source settings, personas) per source: census.personas split by share (largest remainder)."""
+        parts = [self] + [CensusConfig(source=m.source, personas=0, dictionary=m.dictionary, sha256=m.sha256,
+                                       min_age=m.min_age, states=m.states, method=m.method, max_rounds=self.max_rounds,
+                                       format=m.format, share=m.share) for m in self.more]
+        exact = [p.share * self.personas for p in parts]
+        counts = [int(x) for x in exact]
+        for i in sorted(range(len(parts)), key=lambda i: (counts[i] - exact[i], i))[:self.personas - sum(counts)]:
+            counts[i] += 1
+        return list(zip(parts, counts))
 
 
 @dataclass(frozen=True)
@@ -188,6 +220,10 @@ def _build(cls, table, where: str):
         value = table[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, key)
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            if not isinstance(value, list):
+                raise RecipeError(f"{key}: expected a list of tables ([[{key}]])")
+            kwargs[name] = [_build(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
         elif typing.get_origin(tp) is dict:
             _, item = typing.get_args(tp)
             if not isinstance(value, dict):
@@ -243,7 +279,9 @@ def _expand_paths(r: Recipe) -> Recipe:
     ../shared/data works from the project root); Recipe.text, and so the fingerprint, is unchanged."""
     return dataclasses.replace(
         r,
-        census=dataclasses.replace(r.census, source=_expand(r.census.source), dictionary=_expand(r.census.dictionary)),
+        census=dataclasses.replace(r.census, source=_expand(r.census.source), dictionary=_expand(r.census.dictionary),
+                                   more=[dataclasses.replace(m, source=_expand(m.source), dictionary=_expand(m.dictionary))
+                                         for m in r.census.more]),
         prompts=dataclasses.replace(r.prompts, source=_expand(r.prompts.source)),
         models={k: dataclasses.replace(m, path=_expand(m.path)) for k, m in r.models.items()},
         output=dataclasses.replace(r.output, dir=_expand(r.output.dir), work_dir=_expand(r.output.work_dir)),
@@ -358,10 +396,35 @@ def _validate_server(key: str, m: ModelConfig) -> None:
     _need(_finite(m.timeout_s) and m.timeout_s > 0, f"{key}.timeout_s", "> 0 seconds", m.timeout_s)
 
 
-def _validate_census(c: CensusConfig) -> None:
+CENSUS_FORMATS = ("acs-pums", *UK_SPECS)
+
+
+def _validate_census(c: CensusConfig, key: str = "census") -> None:
+    if key == "census" and c.more:
+        shares = [c.share] + [m.share for m in c.more]
+        for i, share in enumerate(shares):
+            _need(_finite(share) and 0 < share <= 1, "census.share" if i == 0 else f"census.more[{i - 1}].share",
+                  "in (0, 1]", share)
+        _need(abs(sum(shares) - 1) < 1e-9, "census.share", "with the census.more shares, a sum of 1", sum(shares))
+        formats = [c.format] + [m.format for m in c.more]
+        _need(len(set(formats)) == len(formats), "census.more", "sources of different census.format", formats)
+        for i, (part, n) in enumerate(c.sources()):
+            where = "census" if i == 0 else f"census.more[{i - 1}]"
+            _need(n >= 1, f"{where}.share", f"large enough for one of {c.personas} personas", part.share)
+            if i:
+                try:
+                    _validate_census(part, where)
+                except RecipeError as e:
+                    raise RecipeError(str(e).replace("census.", f"{where}.", 1)) from None
+    else:
+        _need(c.share == 1 or key != "census", "census.share", "1 without [[census.more]]", c.share)
+    _need(c.format in CENSUS_FORMATS, "census.format", f"one of {', '.join(CENSUS_FORMATS)}", c.format)
+    if c.format != "acs-pums":
+        _validate_uk_census(c)
+        return
     _need(bool(c.source.strip()), "census.source", "a folder, a csv_pus.zip or 'census.gov'", c.source)
     _need(c.dictionary is None or bool(c.dictionary.strip()), "census.dictionary", "a path or URL", c.dictionary)
-    _need(c.personas >= 1, "census.personas", ">= 1", c.personas)
+    _need(c.personas >= 1 or key != "census", "census.personas", ">= 1", c.personas)
     _need(c.max_rounds >= 0, "census.max_rounds", ">= 0", c.max_rounds)
     _need(0 <= c.min_age <= 99, "census.min_age", "in [0, 99] (PUMS ages are top-coded at 99)", c.min_age)
     _need(c.method in ("systematic", "es"), "census.method", "'systematic' or 'es'", c.method)
@@ -375,6 +438,20 @@ def _validate_census(c: CensusConfig) -> None:
     if c.sha256 is not None and _local(c.source) and Path(c.source).is_dir():
         raise RecipeError("census.sha256: pins a csv_pus.zip; a folder source has no single digest (remove it)")
     _exists("census.dictionary", "data dictionary", c.dictionary)
+
+
+def _validate_uk_census(c: CensusConfig) -> None:
+    """A UK teaching file: one local .parquet or .csv, no PUMS options."""
+    spec = UK_SPECS[c.format]
+    _need(_local(c.source) and c.source.endswith((".parquet", ".csv")), "census.source",
+          f"the {spec.title} as a local .parquet or .csv file (download: {spec.url})", c.source)
+    _need(c.personas >= 1 or c.share < 1, "census.personas", ">= 1", c.personas)
+    _need(c.max_rounds >= 0, "census.max_rounds", ">= 0", c.max_rounds)
+    _need(0 <= c.min_age <= 90, "census.min_age", "in [0, 90]", c.min_age)
+    for key, value, unset in (("dictionary", c.dictionary, None), ("states", c.states, []), ("method", c.method, "systematic")):
+        _need(value == unset, f"census.{key}", f"unset for a UK teaching file ({c.format})", value)
+    _need(c.sha256 is None or bool(_SHA256.fullmatch(c.sha256)), "census.sha256", "64 hex digits", c.sha256)
+    _exists("census.source", "census file", c.source)
 
 
 def _validate_prompts(p: PromptsConfig) -> None:

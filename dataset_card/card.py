@@ -76,6 +76,21 @@ FIELD_NOTES = {
                 "raw": "the model's raw output, or null when no model was involved"},
 }
 CENSUS_FIELD = "census attribute (ACS PUMS, labelled)"
+# The personas fields of a build from another country's census (a UK teaching file)
+OTHER_CENSUS_FIELD = "from the census, or written by the persona_filler LLM where the census lacks it (see `provenance`)"
+OTHER_PERSONA_NOTES = {
+    "source_serialno": "the census record: ACS PUMS SERIALNO, or `<source>:<serial>` for a UK teaching file "
+                       "(e.g. `ni-2021:123`)",
+    "source_sporder": "person number within the ACS housing unit; 1 for a UK teaching file (one record per person)",
+    "state": "US state, or the UK nation of residence",
+    "age": "census age (UK teaching files: a seeded year within the census's age band)",
+    "imputed_fields": "census fields imputed by hot-deck (ACS CA/TX narrow files; none for UK files)",
+    "generated_fields": "attributes the census lacks, written by the persona_filler LLM",
+    "country": "the persona's country", "census_source": "the census source (recipe `census.format`)",
+    "census_extra": "census facts beyond the paper's attributes (e.g. approximate social grade), as persona lines",
+    "provenance": "per attribute: census, census band + seeded year, llm or seeded",
+    "religion": "from the census where it has religion (NI 2021, Scotland 2011), else the persona_filler LLM",
+}
 EXAMPLE_CELL = 160  # characters of an example value shown in a structure table
 TWO_WAY_SHOWN = 8   # worst attribute pairs shown in the card (all are in manifest.json)
 # The Hub's size_categories buckets, by number of examples.
@@ -129,8 +144,103 @@ def render_card(manifest: dict, plot_path: str | None = None) -> str:
         "lengths_table": _rows([key, _num(value) if value is not None else "off"]
                                for key, value in _flatten(lengths) if not key.startswith("dpo_")),
         "license": m.get("license", "cc-by-4.0"),
+        **census_text(m),
     }
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(fields)
+
+
+US_CENSUS_TEXT = {   # the card's census sentences for a US (ACS PUMS) build, as they always were
+    "census_intro": "the US Census (ACS PUMS)",
+    "census_step": "individual ACS PUMS records drawn with their person weights.",
+    "census_limits": "- **United States only**: personas come from the American Community Survey; they do not describe\n"
+                     "  people elsewhere.\n",
+    "imputed_limits": "- **Imputed attributes for California and Texas**: the census extract has only a few columns for "
+                      "these\n  two states, so their other attributes are imputed from similar records, not observed.\n",
+    "census_licence": "- ACS PUMS microdata: US Census Bureau, public domain.\n",
+    "provenance": "",
+}
+
+
+def census_text(m: dict) -> dict:
+    """The census sentences of the card: the US ones, or those of the build's census source (its name,
+    publisher, year, licence and attribution statement, e.g. the OGL v3 statement of a UK teaching file)
+    with the per-attribute provenance table."""
+    if not _other_census(m):
+        return dict(US_CENSUS_TEXT)
+    if len(m.get("census_sources") or []) > 1:
+        return _mixed_text(m)
+    src = m["sources"]["census"]
+    name, year, publisher = src.get("name", "a census"), src.get("year", ""), src.get("publisher", "")
+    return {
+        "census_intro": f"the {name} ({publisher}, {year})",
+        "census_step": (f"records of the {name} ({_cell(src.get('url', ''))}), an equal-weight sample (no person "
+                        "weights), drawn systematically with implicit stratification by age band, sex, religion, "
+                        "social grade and economic activity."),
+        "census_limits": (f"- **{src.get('country')} only, one census**: personas come from the {name}; its "
+                          "teaching file has a few coarse variables, so most attributes are written by an LLM "
+                          "(see *Where each attribute comes from*), and ages are a seeded year within the census's "
+                          "age band.\n"),
+        "imputed_limits": "",
+        "census_licence": (f"- {name}: {publisher}, {src.get('licence', '')}. {src.get('attribution', '')}\n"),
+        "provenance": provenance_table(m.get("census_provenance")),
+    }
+
+
+def _other_census(m: dict) -> bool:
+    """True for a build from a census other than the US ACS alone (a source names another country, or
+    several sources are mixed)."""
+    src = m.get("sources", {}).get("census", {})
+    return (isinstance(src, dict) and src.get("country", "United States") != "United States") or len(
+        m.get("census_sources") or []) > 1
+
+
+def _mixed_text(m: dict) -> dict:
+    """The census sentences of a build mixing several census sources."""
+    srcs = m["census_sources"]
+    named = "; ".join(f"{s.get('name')} ({s.get('publisher')}{', ' + str(s['year']) if s.get('year') else ''}: "
+                      f"{_num(s.get('personas'))} personas)" for s in srcs)
+    licences = "".join(f"- {s.get('name')}: {s.get('publisher')}, {s.get('licence')}. {s.get('attribution', '')}".rstrip()
+                       + "\n" for s in srcs)
+    return {
+        "census_intro": f"{len(srcs)} censuses ({named})",
+        "census_step": ("each census source drawn for its share of the personas (US ACS PUMS: with person weights; "
+                        "UK teaching files: equal weights, systematic with implicit strata); the `personas` config "
+                        "says each persona's `country` and `census_source`."),
+        "census_limits": ("- **Several censuses, unlike each other**: each source has its own variables; attributes a "
+                          "census lacks are written by an LLM (see *Where each attribute comes from*).\n"),
+        "imputed_limits": "",
+        "census_licence": licences,
+        "provenance": provenance_table(m.get("census_provenance")) + fidelity_by_source(m.get("census_fidelity_by_source")),
+    }
+
+
+def fidelity_by_source(by_source: dict | None) -> str:
+    """Marginal TVD per attribute and the worst two-way TVD, per census source of a mixed build."""
+    if not by_source or len(by_source) < 2:
+        return ""
+    out = ["### Fidelity per census source", "", "| source | personas | attribute | TVD |", "|---|---:|---|---:|"]
+    for key, r in sorted(by_source.items()):
+        out += [f"| {key} | {_num(r.get('n_sample'))} | {a} | {_share(t)} |" for a, t in sorted(r.get("tvd", {}).items())]
+        if r.get("tvd_2way"):
+            worst = max(r["tvd_2way"], key=lambda p: p["tvd"])
+            out.append(f"| {key} | | worst pair: {' × '.join(worst['attributes'])} | {_share(worst['tvd'])} |")
+    return "\n".join(out) + "\n\n"
+
+
+def provenance_table(prov: dict | None) -> str:
+    """Per census source and attribute: how many personas got it from the census, an LLM or a seeded draw."""
+    if not prov:
+        return ""
+    out = ["### Where each attribute comes from", "",
+           "Per persona, `provenance` records for each attribute whether it came from the census, the "
+           "persona_filler LLM or a seeded draw. Counts of personas:", ""]
+    for source, attrs in sorted(prov.items()):
+        origins = sorted({o for counts in attrs.values() for o in counts})
+        out += [f"**{source}**", "", "| attribute | " + " | ".join(origins) + " |",
+                "|---|" + "---:|" * len(origins)]
+        out += [f"| {a} | " + " | ".join(_num(counts.get(o, 0)) for o in origins) + " |" for a, counts in attrs.items()]
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 def loading(m: dict, local: str) -> str:
@@ -176,9 +286,12 @@ def structure(m: dict) -> str:
         features = m["features"].get(config, [])
         example = examples.get(config, {})
         notes = FIELD_NOTES.get(config, {})
+        other = config == "personas" and _other_census(m)
+        if other:
+            notes = {**notes, **OTHER_PERSONA_NOTES}
         out += [f"### `{config}`", "", "| field | type | meaning | example (first row) |", "|---|---|---|---|"]
         for f in features:
-            meaning = notes.get(f["name"], CENSUS_FIELD if config == "personas" else "")
+            meaning = notes.get(f["name"], (OTHER_CENSUS_FIELD if other else CENSUS_FIELD) if config == "personas" else "")
             shown = _example(example.get(f["name"])) if example else ""
             out.append(_rows([[f"`{f['name']}`", _type(f), meaning, shown]]))
         out.append("")
@@ -192,7 +305,8 @@ def funnel(m: dict) -> str:
     if "personas_drawn" in c:
         by_rule = rejects.get("personas", {})
         rows = [["census records eligible", _num(m.get("census_fidelity", {}).get("population_records"))],
-                ["drawn (PPS by person weight, replacements included)", _num(c["personas_drawn"])],
+                ["drawn (PPS by person weight, replacements included)" if not _other_census(m) else
+                 "drawn (by each census's own design, replacements included)", _num(c["personas_drawn"])],
                 ["rejected (rules, enrichment or judge)", _minus(c["personas_rejected"])]]
         rows += [[f"&nbsp;&nbsp;&nbsp;&nbsp;breaking `{rule}`", _num(n)] for rule, n in sorted(by_rule.items())]
         rows += [["**personas**", f"**{_num(c['personas'])}**"]]

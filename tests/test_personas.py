@@ -131,6 +131,8 @@ RULE_CASES = [
      dict(age=8, source_sporder=3, code_MAR=5, family_presence_and_age="With related children 5 to 17 years only")),
     ("young_retiree", dict(age=25, detailed_job_description="Retired from teaching"),
      dict(age=70, detailed_job_description="Retired from teaching")),
+    ("dollars_outside_the_us", dict(country="United Kingdom", state="Scotland", income="$30,000 per year"),
+     dict(country="United Kingdom", state="Scotland", income="£30,000 a year")),
 ]
 
 

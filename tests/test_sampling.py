@@ -1,4 +1,4 @@
-"""Weighted sampling, CA/TX hot-deck imputation and fidelity (generation/sampling.py)."""
+"""Weighted sampling, CA/TX hot-deck imputation and fidelity (generation/sampling/)."""
 from __future__ import annotations
 
 import importlib.util

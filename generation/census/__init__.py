@@ -4,7 +4,7 @@ fetch the official files with a checksum cache, and turn sampled people into lab
 Two sources are read into the same `CensusFrame`:
 - a folder of Parquet files `p_<FIPS>.parquet` (one state each). A file that has none of the
   WIDE columns is "narrow" (the shared extract has CA and TX only this way); its people are kept and
-  their missing attributes are later filled by hot-deck imputation (generation/sampling.py).
+  their missing attributes are later filled by hot-deck imputation (generation/sampling/impute.py).
 - the official census.gov files: `csv_pus.zip` (members `psam_pus*.csv`), optionally with the housing
   file `csv_hus.zip` (`psam_hus*.csv`) joined on SERIALNO for HHT/HUPAC/HHL.
 
@@ -12,7 +12,8 @@ Codes are kept as PUMS integer codes in pandas nullable small ints; <NA> is the 
 
 Modules, by job: `states` (the state table), `columns` (the PUMS columns read and their types),
 `dictionary` (the data dictionary), `readers` (both sources -> CensusFrame), `download` (official files
-with a checksum cache), `labels` (sampled people -> labelled rows).
+with a checksum cache), `labels` (sampled people -> labelled rows), `uk` (the UK census teaching files:
+NI 2021, Scotland 2011, E&W 2021; the source plug-ins over both are in generation/sources.py).
 """
 from __future__ import annotations
 

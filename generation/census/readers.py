@@ -31,7 +31,7 @@ class CensusFrame:
     data: pd.DataFrame
     dictionary: Dictionary | None
     sources: list[dict]                    # per file: name, rows, narrow (for the manifest)
-    cache: dict = field(default_factory=dict, repr=False)   # derived arrays reused by sampling.py
+    cache: dict = field(default_factory=dict, repr=False)   # derived arrays reused by generation.sampling
 
     @property
     def extras(self) -> list[str]:

@@ -57,3 +57,18 @@ _STATES_AB = [(name, postal) for postal, name, _, _ in STATES.values()]   # FIPS
 US_STATES = [name for name, _ in _STATES_AB]
 US_TERRITORIES = ["Puerto Rico", "Guam", "US Virgin Islands", "American Samoa",
                   "Commonwealth of the Northern Mariana Islands"]
+
+# ---------------------------------------------------------------- other countries
+# A persona row from a non-US census source carries `country` (and `state` holds the UK nation); a row
+# without it is a US (ACS PUMS) persona, so US builds read exactly as before.
+US = "United States"
+# The parties a persona_filler may pick, per UK nation (each has its own party system).
+UK_PARTIES = {
+    "Northern Ireland": ["Sinn Féin", "Democratic Unionist Party", "Alliance Party", "Ulster Unionist Party",
+                         "SDLP", "Traditional Unionist Voice", "Green Party", "People Before Profit",
+                         "Other party", "No party preference"],
+    "Scotland": ["Scottish National Party", "Scottish Labour", "Scottish Conservatives", "Scottish Liberal Democrats",
+                 "Scottish Greens", "Alba Party", "Reform UK", "Other party", "No party preference"],
+    "England and Wales": ["Labour", "Conservative", "Liberal Democrats", "Reform UK", "Green Party", "Plaid Cymru",
+                          "Other party", "No party preference"],
+}

@@ -47,3 +47,12 @@ def _housing(row: Mapping) -> str | None:
 def _sporder(row: Mapping) -> int | None:
     v = _get(row, "source_sporder")
     return None if v is None else int(v)
+
+
+def _country(row: Mapping) -> str:
+    """The persona's country: a row without `country` is a US (ACS PUMS) persona."""
+    return _get(row, "country") or "United States"
+
+
+def _is_us(row: Mapping) -> bool:
+    return _country(row) == "United States"

@@ -1,11 +1,11 @@
-"""The 17 consistency rules (`check_rules`), run on the census fields before enrichment and again after."""
+"""The consistency rules (`check_rules`; `US_ONLY` lists those for US personas only), run on the census fields before enrichment and again after."""
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
 
 from .attributes import _STATES_AB, GROUP_QUARTERS, NOT_APPLICABLE_MINOR, NOT_IN_FAMILY, US_TERRITORIES
-from .row import _age, _code, _get, _housing, _sporder, _text
+from .row import _age, _code, _get, _housing, _is_us, _sporder, _text
 
 # Each rule returns True when the row is INCONSISTENT; a rule whose fields are missing passes (it cannot
 # judge yet), so the same rules run before enrichment (census fields) and after (generated fields too).
@@ -157,6 +157,12 @@ def _child_family_mismatch(row) -> bool:
             or (age < 15 and fam == "No related children"))
 
 
+def _dollars_outside_the_us(row) -> bool:
+    # a persona of another country's census states its income in that country's currency, never dollars
+    income = _text(row, "income")
+    return not _is_us(row) and ("$" in income or "dollar" in income or "usd" in income.split())
+
+
 def _young_retiree(row) -> bool:
     age = _age(row)
     return age is not None and age < 35 and re.search(r"\bretire", _text(row, "detailed_job_description")) is not None
@@ -180,9 +186,20 @@ RULES: dict[str, Callable[[Mapping], bool]] = {
     "householder_family_mismatch": _householder_family_mismatch,
     "child_family_mismatch": _child_family_mismatch,
     "young_retiree": _young_retiree,
+    "dollars_outside_the_us": _dollars_outside_the_us,
 }
+# Rules written for PUMS codes and US concepts (school grades, householders, group quarters, US birthplaces
+# and citizenship): they apply to US personas only. The others (age and politics, home language, young
+# retirees, currency) hold for every country.
+US_ONLY = frozenset({
+    "education_exceeds_age", "married_under_15", "fertility_out_of_universe", "employed_under_16",
+    "military_under_17", "birthplace_vs_citizenship", "living_alone_conflict", "householder_sex_mismatch",
+    "householder_marriage_mismatch", "group_quarters_mismatch", "householder_family_mismatch",
+    "child_family_mismatch",
+})
 
 
 def check_rules(row: Mapping) -> list[str]:
     """Reason codes of every rule the row breaks (empty = consistent as far as the rules can tell)."""
-    return [code for code, broken in RULES.items() if broken(row)]
+    us = _is_us(row)
+    return [code for code, broken in RULES.items() if (us or code not in US_ONLY) and broken(row)]
