@@ -6,12 +6,12 @@ import pandas as pd
 
 from generation.census import CensusError, CensusFrame, person_id, resolve_states
 from generation.ids import rng, stable_id
+from generation.names import PAPER_SEED
 
 from .bands import _REGION_OF, _frame_codes, age_band, education_band, income_band, race_band
 from .impute import impute
 
 PAPER_N = 1586
-from generation.names import PAPER_SEED  # noqa: E402  (defined once, in names)
 METHODS = ("systematic", "es")
 
 def _eligible(frame: CensusFrame, min_age: int, states) -> np.ndarray:
