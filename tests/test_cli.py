@@ -82,7 +82,7 @@ def test_unknown_build_flag_creates_nothing(tmp_path):
     (["bild"], "unknown command bild (did you mean build?); see persona --help"),
     (["verify", "/no/such/build"], "/no/such/build: no such folder (build one with `persona build`)"),
     (["frobnicate"], "unknown command frobnicate; see persona --help"),
-    (["--recipe", "x", "build"], "expected a command (build, plan, prepare-model, verify, publish, eval, versions) "
+    (["--recipe", "x", "build"], "expected a command (build, serve, plan, prepare-model, verify, publish, eval, versions) "
                                  "before --recipe"),
     (["build", "--out", "a", "--out=b"], "--out given twice for `persona build`"),
     (["build", "--out", "a", "-o", "b"], "--out given twice for `persona build`"),
