@@ -41,8 +41,8 @@ class Persona:
 
         Resumable: model answers are kept in WORK (default .persona-work/); rerun the same command
         after a crash and only what is missing is generated.
-        --executor local|ray, --address RAY_ADDRESS and --replicas N override the recipe's [executor]
-        table (e.g. --executor ray --address auto on a `ray start` cluster); the dataset is the same.
+        Past one machine: `persona serve` the recipe's models on a Ray cluster and name the URL in the recipe's
+        `server =` (--executor ray, --address and --replicas of the retired Ray pool say so and stop).
         vLLM's own log lines go to WORK/<recipe name>/vllm.log; --verbose shows them (and vLLM's
         progress bars, torch's warnings) on stderr instead.
         """

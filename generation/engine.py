@@ -129,8 +129,8 @@ class Result:
 
 
 class Backend(Protocol):
-    """Where chat requests run: this process's vLLM engine (`Engine`), an OpenAI-compatible server, or a
-    pool of engine replicas (`Chunked` over builder.ray_backend.RayPool).
+    """Where chat requests run: this process's vLLM engine (`Engine`) or OpenAI-compatible servers
+    (generation.server: `vllm serve`, or a Ray Serve LLM app from `persona serve`).
 
     Streaming, so the caller can send a request the moment the answer it depends on exists:
     `submit` hands requests over without waiting; `poll` runs the backend and returns the results
@@ -150,23 +150,6 @@ def generate_all(backend: Backend, requests: list[ChatRequest]) -> list[Result]:
     while not want <= got.keys():
         got.update((r.id, r) for r in backend.poll())
     return [got[r.id] for r in requests]
-
-
-class Chunked:
-    """The Backend contract over anything with a synchronous `generate(requests) -> results` (the Ray
-    pool): each poll sends up to `capacity` submitted requests as one call. The replicas drain at the end
-    of every call, which is the price of a pool that cannot take requests one by one."""
-
-    def __init__(self, inner, capacity: int):
-        self.inner, self.capacity = inner, capacity
-        self.queue: list[ChatRequest] = []
-
-    def submit(self, requests: list[ChatRequest]) -> None:
-        self.queue += requests
-
-    def poll(self) -> list[Result]:
-        batch, self.queue = self.queue[:self.capacity], self.queue[self.capacity:]
-        return self.inner.generate(batch) if batch else []
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from builder.recipe import load_recipe
 from builder.serve import ROUTER, Served, ServeError, llm_config_args, served_models
 from generation.engine import ModelSpec, engine_args
 
-from .helpers import one_line_error, recipe_data, write_recipe
+from .helpers import edited, one_line_error, recipe_data, write_recipe
 from .test_cli import persona
 
 
@@ -73,3 +73,16 @@ def test_serve_refuses_before_ray_starts(tmp_path, args, expected):
     p = persona(*args, "--recipe", recipe)
     assert one_line_error(p) == f"persona: error: {expected}"
     assert "ray" not in p.stderr.lower().replace("--replicas", "")  # refused before Ray was started
+RETIRED = ("the Ray actor pool is retired: start the models with `persona serve --recipe RECIPE` "
+           "and set server = \"URL\" under [models.*] of the recipe (docs/ray.md)")
+
+
+def test_the_old_ray_executor_points_to_persona_serve(tmp_path):
+    recipe = write_recipe(tmp_path / "r.toml", recipe_data(tmp_path))
+    for flags in (["--executor", "ray"], ["--address", "auto"], ["--replicas", "2"]):
+        line = one_line_error(persona("build", "--recipe", recipe, "--out", tmp_path / "o", "--work", tmp_path / "w", *flags))
+        assert line == f"persona: error: {flags[0]}: {RETIRED}"
+    old = write_recipe(tmp_path / "old.toml", edited(recipe_data(tmp_path), {"executor.kind": "ray", "executor.replicas": 2}))
+    line = one_line_error(persona("build", "--recipe", old, "--out", tmp_path / "o", "--work", tmp_path / "w"))
+    assert line == f"persona: error: {old}: executor.kind = 'ray': {RETIRED}"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
