@@ -54,7 +54,8 @@ def replica_env(spec: ModelSpec, on: str) -> dict[str, str]:
     if os.path.isdir(spec.path):  # a local folder (same path on every node): never ask the Hub
         env["HF_HUB_OFFLINE"] = "1"
     if on == "cpu":
-        env["OMP_NUM_THREADS"] = "1"
+        # vLLM's "auto" binding pins every replica's engine to the node's first core (measured: core ids=[0])
+        env.update(OMP_NUM_THREADS="1", VLLM_CPU_OMP_THREADS_BIND="nobind")
     return env
 
 
@@ -120,7 +121,10 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
         if address:
             ray.init(address=address, logging_level="warning")
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning")
+            # logical CPUs: one per CPU replica and one for Serve's HTTP ingress, however few cores the machine has
+            need = replicas * len(models) + 1
+            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False,
+                     logging_level="warning")
     on = device or cluster_device(ray.cluster_resources())
     app = build_app([llm_config_args(s, replicas, on) for s in models])
     ray_serve.start(http_options={"host": host, "port": port})

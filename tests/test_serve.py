@@ -31,6 +31,7 @@ def test_cpu_replicas_get_the_in_process_engine_settings():
     assert cfg.deployment_config["request_router_config"]["request_router_class"] == ROUTER
     env = cfg.runtime_env["env_vars"]
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "1"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # "auto" pins every replica to core 0
     assert env["VLLM_BATCH_INVARIANT"] == "0"
 
 
