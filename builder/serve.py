@@ -118,13 +118,15 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
         raise ServeError(f"`persona serve` needs Ray Serve LLM: pip install -e '.[ray]' ({e})") from e
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
+        # the replicas' vLLM lines stay in Ray's session logs (.../session_latest/logs/serve/): the console
+        # keeps the one line that matters, the URL
+        quiet = dict(logging_level="warning", log_to_driver=False)
         if address:
-            ray.init(address=address, logging_level="warning")
+            ray.init(address=address, **quiet)
         else:
             # logical CPUs: one per CPU replica and one for Serve's HTTP ingress, however few cores the machine has
             need = replicas * len(models) + 1
-            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False,
-                     logging_level="warning")
+            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False, **quiet)
     on = device or cluster_device(ray.cluster_resources())
     app = build_app([llm_config_args(s, replicas, on) for s in models])
     ray_serve.start(http_options={"host": host, "port": port})
