@@ -131,6 +131,11 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
     app = build_app([llm_config_args(s, replicas, on) for s in models])
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(app, name="persona", route_prefix="/", blocking=False)
+    # Serve keeps the HTTP options it was first started with on a cluster (measured: a second `persona serve
+    # --port B` on the same cluster was served on the first one's port A): print where it really listens
+    from ray.serve.context import _get_global_client
+    http = _get_global_client().http_config
+    host, port = http.host or host, http.port or port
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/v1"
 
 
