@@ -1,18 +1,18 @@
-"""Where generation requests run: in this process on one vLLM engine (local), or on Ray replicas."""
+"""Where generation requests run: in this process on one vLLM engine, or on OpenAI-compatible servers
+(`vllm serve`, or the Ray Serve LLM app `persona serve` starts)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 
-from generation.backends import Backend, Chunked
+from generation.backends import Backend
 from generation.backends.engine import ModelSpec, batch_invariant, device, engine_args, get_engine, vllm_version
 from generation.backends.server import ServerBackend, ServerError, ServerSpec, serve_command
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
 
-from .recipe import ExecutorConfig, ModelConfig, Recipe
+from .recipe import ModelConfig, Recipe
 
 
 def _spec(m: ModelConfig, path: str, revision: str | None) -> ModelSpec:
@@ -124,49 +124,32 @@ def backend_settings(m: ModelConfig) -> dict:
 
 
 class ExecutorError(PersonaError, ValueError):
-    """A bad --executor / --replicas, or executor 'ray' without the ray extra."""
+    """A bad --executor, or the retired Ray executor asked for."""
 
 
-_POOLS: dict = {}
-
-
-def ray_pool_for(m: ModelConfig, cfg: ExecutorConfig):
-    """One RayPool per model for the whole process, like get_engine: a different model releases the
-    previous pool's replicas (and their GPUs) first."""
-    try:
-        from .ray_backend import RayPool  # ray is an optional extra: imported only when asked for
-    except ImportError as e:
-        raise ExecutorError(f"executor 'ray' needs the ray extra: pip install -e '.[ray]' ({e})") from e
-
-    spec = model_spec(m)[0]
-    if spec not in _POOLS:
-        for old in list(_POOLS):
-            _POOLS.pop(old).close()
-        _POOLS[spec] = RayPool(spec, cfg.replicas, cfg.address, cfg.timeout_s)
-    return _POOLS[spec]
+RETIRED = ("the Ray actor pool is retired: start the models with `persona serve --recipe RECIPE` and set "
+           'server = "URL" under [models.*] of the recipe (docs/ray.md)')
 
 
 def backend_for_recipe(recipe: Recipe) -> Callable[[ModelConfig], Backend]:
-    """The recipe's [executor]: `model config -> Backend`. The Ray pool takes whole batches, one durable
-    chunk per call, spread over its replicas (see `Chunked`)."""
-    if recipe.executor.kind == "ray":  # a model with a server is served by it, not by a replica
-        return lambda m: local_backend(m) if m.server else Chunked(ray_pool_for(m, recipe.executor), recipe.output.chunk_size)
+    """`model config -> Backend`: its servers for a model with `server`, else this process's engine."""
     return local_backend
 
 
 def with_executor(recipe: Recipe, kind: str | None = None, address: str | None = None,
                   replicas: int | None = None) -> Recipe:
-    """Command-line overrides of [executor]. The recipe text (fingerprint, work folder, manifest) is
-    unchanged: where requests run must not change what the dataset is."""
-    if kind is not None and kind not in ("local", "ray"):
-        raise ExecutorError(f"--executor {kind!r} is not 'local' or 'ray'")
-    if replicas is not None and int(replicas) < 1:
-        raise ExecutorError(f"--replicas must be >= 1, got {replicas}")
-    changes = {k: v for k, v in (("kind", kind), ("address", address),
-                                 ("replicas", None if replicas is None else int(replicas))) if v is not None}
-    if address is not None and kind is None:
-        changes["kind"] = "ray"  # an address only means something for Ray
-    return dataclasses.replace(recipe, executor=dataclasses.replace(recipe.executor, **changes)) if changes else recipe
+    """The recipe, once its [executor] and the command line's --executor/--address/--replicas ask for nothing
+    but this process: past one machine, models run on servers (`persona serve`, Ray Serve LLM), which the
+    recipe names, so a build on a cluster and a local one run the same code."""
+    for flag, value in (("--executor", None if kind == "local" else kind), ("--address", address),
+                        ("--replicas", replicas)):
+        if value is not None:
+            if flag == "--executor" and value != "ray":
+                raise ExecutorError(f"--executor {value!r} is not 'local'")
+            raise ExecutorError(f"{flag}: {RETIRED}")
+    if recipe.executor.kind == "ray" and kind is None:
+        raise ExecutorError(f"{recipe.path}: executor.kind = 'ray': {RETIRED}")
+    return recipe
 
 
 DEVICES = ("cpu", "cuda")

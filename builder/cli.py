@@ -14,6 +14,7 @@ import re
 import shlex
 import sys
 import textwrap
+import time
 import traceback
 import typing
 from pathlib import Path
@@ -40,13 +41,37 @@ class Persona:
 
         Resumable: model answers are kept in WORK (default .persona-work/); rerun the same command
         after a crash and only what is missing is generated.
-        --executor local|ray, --address RAY_ADDRESS and --replicas N override the recipe's [executor]
-        table (e.g. --executor ray --address auto on a `ray start` cluster); the dataset is the same.
+        Past one machine: `persona serve` the recipe's models on a Ray cluster and name the URL in the recipe's
+        `server =` (--executor ray, --address and --replicas of the retired Ray pool say so and stop).
         vLLM's own log lines go to WORK/<recipe name>/vllm.log; --verbose shows them (and vLLM's
         progress bars, torch's warnings) on stderr instead.
         """
         from .pipeline import build
         build(recipe, out, work, executor=executor, address=address, replicas=replicas, verbose=verbose)
+
+    def serve(self, recipe: str = "configs/cpu.toml", replicas: int = 1, address: str | None = None,
+              host: str = "127.0.0.1", port: int = 8000, device: str | None = None):
+        """Serve RECIPE's models on a Ray cluster (Ray Serve LLM) and print the URL for the recipe's `server =`.
+
+        --replicas N engine replicas per model, each with the engine settings of the in-process engine on the
+        replicas' device (--device cpu|cuda; default: cuda when the cluster has GPUs). --address joins a
+        `ray start` cluster (default $RAY_ADDRESS, else a private Ray on this machine). Runs until Ctrl-C;
+        then `persona build` with `server = "URL"` under each [models.*] of the recipe."""
+        from .backends import model_spec
+        from .recipe import load_recipe
+        from .serve import serve, stop
+        r = load_recipe(recipe)
+        url = serve(r, lambda m: model_spec(m)[0], replicas=replicas, address=address, host=host, port=port,
+                    device=device)
+        print(f'persona serve: {", ".join(sorted({m.id for m in r.models.values()}))} at {url}: '
+              f'set server = "{url}" under [models.*] of {recipe}', flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            stop()
+            print(f"persona: serve stopped ({url})", file=sys.stderr)
+            raise SystemExit(130) from None
 
     def plan(self, recipe: str = "configs/cpu.toml", measured: str | None = None, gpu: str = "H100",
              tokens_per_s: float | None = None, json: bool = False):
@@ -302,6 +327,7 @@ NUMBER = re.compile(r"[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?
 # The range of every numeric parameter of every command (tests check that none is left out).
 RANGES = {
     "replicas": (">= 1", lambda v: v >= 1),
+    "port": ("in [1, 65535]", lambda v: 1 <= v <= 65535),
     "tokens_per_s": ("> 0", lambda v: v > 0),
     "max_model_len": (">= 2", lambda v: v >= 2),
     "kv_cache_gib": ("> 0", lambda v: v > 0),

@@ -179,7 +179,7 @@ def make_recipe(path: Path, model, census: Path, prompts: Path | None = None, ma
 
 # ------------------------------------------------------------------------------ `persona build` in a subprocess
 
-FAULTS = ("PERSONA_FAULT", "PERSONA_RAY_KILL_AFTER", "PERSONA_RAY_STALL_AFTER")  # see tests/faults.py
+FAULTS = ("PERSONA_FAULT",)  # see tests/faults.py
 
 
 def build_args(recipe: Path, out: Path | None = None, work: Path | None = None, *flags, faults=False) -> list:

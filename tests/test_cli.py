@@ -82,7 +82,7 @@ def test_unknown_build_flag_creates_nothing(tmp_path):
     (["bild"], "unknown command bild (did you mean build?); see persona --help"),
     (["verify", "/no/such/build"], "/no/such/build: no such folder (build one with `persona build`)"),
     (["frobnicate"], "unknown command frobnicate; see persona --help"),
-    (["--recipe", "x", "build"], "expected a command (build, plan, prepare-model, verify, publish, eval, versions) "
+    (["--recipe", "x", "build"], "expected a command (build, serve, plan, prepare-model, verify, publish, eval, versions) "
                                  "before --recipe"),
     (["build", "--out", "a", "--out=b"], "--out given twice for `persona build`"),
     (["build", "--out", "a", "-o", "b"], "--out given twice for `persona build`"),
@@ -203,9 +203,9 @@ def test_user_errors_below_the_cli_are_persona_errors(tmp_path, monkeypatch):
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(recipe_text(tmp_path))  # (a model path that exists)
-    with pytest.raises(PersonaError, match="--executor 'spark' is not 'local' or 'ray'"):
+    with pytest.raises(PersonaError, match="--executor 'spark' is not 'local'"):
         with_executor(load_recipe(recipe), "spark")
-    with pytest.raises(PersonaError, match="--replicas must be >= 1, got 0"):
+    with pytest.raises(PersonaError, match="--replicas: the Ray actor pool is retired"):
         with_executor(load_recipe(recipe), replicas=0)
 
     faults.install(monkeypatch.setattr, "enospc_shard")  # the disk fills while a shard is written

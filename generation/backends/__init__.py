@@ -1,8 +1,8 @@
 """Where chat requests run. The contract every backend implements (`Backend`: submit / poll / capacity)
 and the types it speaks (`ChatRequest` in, `Result` out) are here; the backends are this package's
-modules: `engine` (vLLM in this process) and `server` (OpenAI-compatible servers). The Ray pool
-(builder/ray_backend.py) is wrapped in `Chunked` until it is retired. Why they live here and how the
-runner drives them: docs/architecture.md.
+modules: `engine` (vLLM in this process) and `server` (OpenAI-compatible servers: `vllm serve`, or a Ray
+Serve LLM app from `persona serve`, builder/serve.py). Why they live here and how the runner drives them:
+docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class Result:
 
 
 class Backend(Protocol):
-    """Where chat requests run: this process's vLLM engine (`Engine`), an OpenAI-compatible server, or a
-    pool of engine replicas (`Chunked` over builder.ray_backend.RayPool).
+    """Where chat requests run: this process's vLLM engine (`Engine`) or OpenAI-compatible servers
+    (generation.backends.server: `vllm serve`, or a Ray Serve LLM app from `persona serve`).
 
     Streaming, so the caller can send a request the moment the answer it depends on exists:
     `submit` hands requests over without waiting; `poll` runs the backend and returns the results
@@ -54,23 +54,6 @@ def generate_all(backend: Backend, requests: list[ChatRequest]) -> list[Result]:
     while not want <= got.keys():
         got.update((r.id, r) for r in backend.poll())
     return [got[r.id] for r in requests]
-
-
-class Chunked:
-    """The Backend contract over anything with a synchronous `generate(requests) -> results` (the Ray
-    pool): each poll sends up to `capacity` submitted requests as one call. The replicas drain at the end
-    of every call, which is the price of a pool that cannot take requests one by one."""
-
-    def __init__(self, inner, capacity: int):
-        self.inner, self.capacity = inner, capacity
-        self.queue: list[ChatRequest] = []
-
-    def submit(self, requests: list[ChatRequest]) -> None:
-        self.queue += requests
-
-    def poll(self) -> list[Result]:
-        batch, self.queue = self.queue[:self.capacity], self.queue[self.capacity:]
-        return self.inner.generate(batch) if batch else []
 
 
 PROMPT_TOO_LONG = "prompt_too_long"
