@@ -75,12 +75,12 @@ def census_small(tmp_path_factory, census_dir) -> Path:
 @pytest.fixture(scope="session")
 def shared_build(tmp_path_factory, tiny_model, census_small, prism_file):
     """The crash tests' small recipe (3 personas on three small states, tests/helpers.py make_recipe)
-    built once, uninterrupted, with the in-process engine: the reference that crashed, resumed, served,
-    Ray and raced builds must reproduce, and the store that cheaper tests seed theirs from. Tests read it
+    built once, uninterrupted, with the in-process engine: the reference that crashed, resumed, served
+    and raced builds must reproduce, and the store that cheaper tests seed theirs from. Tests read it
     or copy it (shutil.copytree to tmp_path); none may change it, which is checked at the end."""
-    from .helpers import EXECUTOR, build, make_recipe
+    from .helpers import build, make_recipe
     tmp = tmp_path_factory.mktemp("shared")
-    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, prism_file, changes=EXECUTOR)
+    recipe = make_recipe(tmp / "recipe.toml", tiny_model, census_small, prism_file)
     out, work = tmp / "persona", tmp / "work"
     build(recipe, out, work, timeout=1800, check=True)  # ~25 tests stand on it: room for a busy machine
     [store] = work.glob("*/requests.sqlite")

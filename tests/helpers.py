@@ -160,12 +160,6 @@ def popen(args: list, **extra_env) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-# The [executor] table is read by Ray builds only (tests/test_ray.py: two replicas, a frozen one noticed
-# after 30 s); local builds ignore it, so one recipe, and one build (tests/conftest.py shared_build),
-# serves the crash, server, Ray and folder tests.
-EXECUTOR = {"executor.replicas": 2, "executor.timeout_s": 30}
-
-
 def make_recipe(path: Path, model, census: Path, prompts: Path | None = None, max_tokens: dict | None = None,
                 model_path=None, changes: dict | None = None) -> Path:
     """The crash tests' small recipe (3 personas, short answers) written to `path`; `changes` as in `edited`."""
