@@ -128,4 +128,4 @@ def test_bad_recipe_is_one_clear_line(tmp_path):
     f = write_recipe(tmp_path / "r.toml", edited(load_toml(ROOT / "configs" / "cpu.toml"), {"census.bogus": 1}))
     p = build(f)
     assert p.returncode == 2
-    assert p.stderr.strip() == f"persona: error: {f}: census: unknown key 'bogus' (allowed: dictionary, max_rounds, method, min_age, personas, sha256, source, states)"
+    assert p.stderr.strip() == f"persona: error: {f}: census: unknown key 'bogus' (allowed: dictionary, format, max_rounds, method, min_age, more, personas, sha256, share, source, states)"
