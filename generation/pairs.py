@@ -411,8 +411,14 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     # (persona_id, prompt_id) is unique per pair, so the order is the one the frame's sort gave.
     rows = sorted((d.row for d in done if d.row is not None),
                   key=lambda r: (SPLIT_ORDER[r["split"]], r["persona_id"], r["prompt_id"]))
-    table = pd.DataFrame(rows, columns=COLUMNS).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
-    del rows
+    # a persona's text repeats in each of its ~200 rows and an answer in each of its prompt's ~80: kept once
+    # each (categorical, written as plain strings) instead of ~1.1 GB of copies in a paper-size table
+    cols = {c: [r[c] for r in rows] for c in COLUMNS}
+    for c in ("persona", "rejected"):
+        cols[c] = pd.Categorical(cols[c])
+    table = (pd.DataFrame(cols, columns=COLUMNS) if rows else pd.DataFrame(rows, columns=COLUMNS)).astype(
+        {"rejected_tokens": "int64", "chosen_tokens": "int64"})
+    del rows, cols
     revisable = sum(d.revisions > 0 for d in done)
     retries = sum(max(d.revisions - 1, 0) for d in done)
     stats = _pair_counts(assignment, table, rejects, len({p["prompt_id"] for p in pairs}),
