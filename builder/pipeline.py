@@ -135,11 +135,15 @@ def _join(parts: list[tuple[StageResult, dict]]) -> tuple[StageResult, dict]:
 # ------------------------------------------------------------------------------------------ tables
 
 def arrow_table(df: pd.DataFrame) -> pa.Table:
-    """pandas -> Arrow without pandas metadata. pandas 3 string columns arrive as large_string and an
-    empty table's text columns as null: both are stored as plain `string`, so a split's features do
-    not depend on how many rows it has."""
+    """pandas -> Arrow without pandas metadata. pandas 3 string columns arrive as large_string, an
+    empty table's text columns as null and a categorical one (a text kept once in memory, see
+    pairs.build_pairs) as a dictionary: all are stored as plain `string`, so a split's features do
+    not depend on how many rows it has or how they were held."""
     t = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    text = lambda tp: pa.types.is_large_string(tp) or pa.types.is_null(tp)  # noqa: E731
+    def text(tp) -> bool:
+        if pa.types.is_dictionary(tp):
+            return pa.types.is_string(tp.value_type) or pa.types.is_large_string(tp.value_type)
+        return pa.types.is_large_string(tp) or pa.types.is_null(tp)
     schema = pa.schema([pa.field(f.name, pa.string() if text(f.type) else f.type) for f in t.schema])
     return t.cast(schema).replace_schema_metadata(None)
 

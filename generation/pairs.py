@@ -336,10 +336,11 @@ class _Pair(NamedTuple):
 
 
 def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempts: int, structured: bool,
-               limits: RevisionLimits | None = None) -> Flow:
+               limits: RevisionLimits | None = None, answers: dict[str, str] | None = None) -> Flow:
     """responder -> critic -> reviser for one pair, each request sent as soon as the one before is
     answered. Revisions failing "identical" or "length" are asked again (new key, a note on what was
-    wrong) up to max_attempts in all; format failures are retried by the runner itself."""
+    wrong) up to max_attempts in all; format failures are retried by the runner itself. `answers`
+    (prompt_id -> rejected text) makes the rows of one prompt share one text object."""
     def reject(step: str, o: Outcome, reason: str | None = None, critiqued=False, revisions=0) -> _Pair:
         return _Pair(None, {"id": p["pair_id"], "step": step, "reasons": [reason or o.reason or "rejected"],
                             "raw": o.text}, critiqued, revisions)
@@ -369,8 +370,12 @@ def _pair_flow(p: dict, persona: str, question: str, length_control, max_attempt
                 _, low, high = word_bounds(a.value, length_control)
                 feedback = feedback.format(words=len(o.value.split()), low=low, high=high)
             continue
+        # the runner reads a stored answer afresh for each batch of pairs asking for it: the rows of one prompt
+        # share one text object instead of holding a copy each (~0.6 GB of a paper-size build's rows)
+        rejected = a.value if answers is None else answers.setdefault(p["prompt_id"], a.value)
+        rejected = rejected if rejected == a.value else a.value
         row = {**{k: p[k] for k in ("pair_id", "persona_id", "prompt_id", "split")}, "persona": persona,
-               "instruction": question, "rejected": a.value, "critique": critique, "chosen": o.value,
+               "instruction": question, "rejected": rejected, "critique": critique, "chosen": o.value,
                "rejected_tokens": a.output_tokens, "chosen_tokens": o.output_tokens}
         return _Pair(row, None, True, attempt + 1)
 
@@ -400,12 +405,25 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     question = dict(zip(prompts.prompt_id, prompts.text))
     # persona-major order: the requests of one persona are in flight together and share their prefix
     pairs = assignment.sort_values(["persona_id", "split", "prompt_id"], kind="stable").to_dict("records")
+    answers: dict[str, str] = {}
     done = run.flows([_pair_flow(p, persona_text[p["persona_id"]], question[p["prompt_id"]], length_control,
-                                 max_attempts, structured, limits) for p in pairs], "pairs")
+                                 max_attempts, structured, limits, answers) for p in pairs], "pairs")
+    del answers
     rejects = [d.reject for d in done if d.reject is not None]
-    table = pd.DataFrame([d.row for d in done if d.row is not None], columns=[c for c in COLUMNS if c not in MODEL_COLUMNS]).sort_values(
-        ["split", "persona_id", "prompt_id"], key=lambda col: col.map(SPLIT_ORDER) if col.name == "split" else col)
-    table = table.reset_index(drop=True).astype({"rejected_tokens": "int64", "chosen_tokens": "int64"})
+    # rows sorted before the frame is made: the frame copies every text once (into Arrow), where sorting
+    # the frame would copy them all again (a paper-size build holds ~1.6 GB of text per copy).
+    # (persona_id, prompt_id) is unique per pair, so the order is the one the frame's sort gave.
+    rows = sorted((d.row for d in done if d.row is not None),
+                  key=lambda r: (SPLIT_ORDER[r["split"]], r["persona_id"], r["prompt_id"]))
+    # a persona's text repeats in each of its ~200 rows and an answer in each of its prompt's ~80: kept once
+    # each (categorical, written as plain strings) instead of ~1.1 GB of copies in a paper-size table
+    filled = [c for c in COLUMNS if c not in MODEL_COLUMNS]
+    cols = {c: [r[c] for r in rows] for c in filled}
+    for c in ("persona", "rejected"):
+        cols[c] = pd.Categorical(cols[c])
+    table = (pd.DataFrame(cols, columns=filled) if rows else pd.DataFrame(rows, columns=filled)).astype(
+        {"rejected_tokens": "int64", "chosen_tokens": "int64"})
+    del rows, cols
     for column, role in MODEL_COLUMNS.items():
         table[column] = (models or {}).get(role)
     revisable = sum(d.revisions > 0 for d in done)

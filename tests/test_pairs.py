@@ -1,6 +1,7 @@
 import math
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from generation.ids import stable_id
@@ -193,6 +194,14 @@ def test_build_pairs_counts_rejects_and_drops_nothing():
     assert row.critique == "EVALUATION: ok for pc.\nSUGGESTIONS: tailor it."
     assert row.instruction == "Should taxes be raised on the rich?" and row.persona == "Age: 45. Teacher in Texas."
     assert row.rejected_tokens == 22 and row.chosen_tokens == 30
+    # a persona's text and a prompt's answer are held once however many rows repeat them (a paper-size
+    # table: ~1.1 GB less), and written as the plain strings they are
+    assert list(table.persona.cat.categories) == sorted(set(table.persona)) and table.persona.nunique() == 3
+    assert len(table.rejected.cat.categories) == table.prompt_id.nunique()
+    from builder.pipeline import arrow_table
+    written = arrow_table(table)
+    assert written.schema.field("persona").type == written.schema.field("rejected").type == pa.string()
+    assert written.column("rejected").to_pylist() == [str(x) for x in table.rejected]
     assert length_report(table, None)["median_chosen_over_rejected"] == round(30 / 22, 4)
     assert stats["length_control"] is None
     assert sum(stats["per_split"].values()) == 7
