@@ -30,10 +30,8 @@ from .rules import check_rules
 FILLER_ROLE = "persona_filler"
 JOB_MAX, FREE_TIME_MAX, LIFESTYLE_MAX, GENERATED_MAX = 160, 120, 100, 60
 
-FILLER_SYSTEM = (
-    "You complete profiles of synthetic people for a research dataset. Each profile comes from US census "
-    "data plus a personality sketch. Fill in the requested fields so the whole person is realistic and "
-    "consistent with age, sex, education, work, income, family, place and personality. Be concrete and brief.\n"
+# the fields both filler instructions describe, and their last lines (a change here changes request ids)
+_FIELDS = (
     "Fields:\n"
     "- detailed_job_description: one sentence on what they do at work; without a job, their main daily role "
     "(e.g. student, retiree, homemaker, looking for work, small child)\n"
@@ -41,9 +39,19 @@ FILLER_SYSTEM = (
     "- lifestyle: a few words on their way of life\n"
     f"- ideology: their political outlook; under 13: {NOT_APPLICABLE_MINOR}\n"
     f"- political_views: the party they lean to; under 18: {NOT_APPLICABLE_MINOR}\n"
-    "- religion: their religious affiliation, if any\n"
+)
+_LAST = (
     "- any other listed field: as described in the request\n"
     "Answer with one JSON object and nothing else."
+)
+
+FILLER_SYSTEM = (
+    "You complete profiles of synthetic people for a research dataset. Each profile comes from US census "
+    "data plus a personality sketch. Fill in the requested fields so the whole person is realistic and "
+    "consistent with age, sex, education, work, income, family, place and personality. Be concrete and brief.\n"
+    + _FIELDS
+    + "- religion: their religious affiliation, if any\n"
+    + _LAST
 )
 
 # The same instruction for a persona of another country's census: its terms, its currency, its parties.
@@ -53,15 +61,8 @@ FILLER_SYSTEM_OTHER = (
     "whole person is realistic for {place} and consistent with age, sex, work, family, place and personality. "
     "Use that country's own terms: its qualifications, its currency ({currency}) for income, its health "
     "service and its political parties; never US states, dollars or US institutions. Be concrete and brief.\n"
-    "Fields:\n"
-    "- detailed_job_description: one sentence on what they do at work; without a job, their main daily role "
-    "(e.g. student, retiree, homemaker, looking for work, small child)\n"
-    "- personal_time: how they spend their free time\n"
-    "- lifestyle: a few words on their way of life\n"
-    f"- ideology: their political outlook; under 13: {NOT_APPLICABLE_MINOR}\n"
-    f"- political_views: the party they lean to; under 18: {NOT_APPLICABLE_MINOR}\n"
-    "- any other listed field: as described in the request\n"
-    "Answer with one JSON object and nothing else."
+    + _FIELDS
+    + _LAST
 )
 CURRENCY = {"United Kingdom": "pounds sterling, £"}
 
