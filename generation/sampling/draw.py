@@ -23,12 +23,12 @@ def _eligible(frame: CensusFrame, min_age: int, states) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _check_n(n: int, available: int, what: str) -> None:
+def _check_n(n: int, available: int, what: str, limits: str = "census.personas, min_age and states") -> None:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"{what}: n must be a positive integer, got {n!r}")
     if n > available:
         raise CensusError(f"{what}: cannot draw {n} distinct people from {available} eligible records "
-                          "(see census.personas, min_age and states in the recipe)")
+                          f"(see {limits} in the recipe)")
 
 
 def _stratification_key(frame: CensusFrame, rows: np.ndarray, seed: int) -> np.ndarray:

@@ -14,25 +14,16 @@ import itertools
 
 import numpy as np
 
-from generation.census import CensusError
 from generation.ids import rng
 
-from .draw import systematic_pps
+from .draw import _check_n, systematic_pps
 from .fidelity import tvd
-
-
-def _check(n: int, available: int, what: str) -> None:
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{what}: n must be a positive integer, got {n!r}")
-    if n > available:
-        raise CensusError(f"{what}: cannot draw {n} distinct people from {available} eligible records "
-                          "(see census.personas and min_age in the recipe)")
 
 
 def sample_equal(strata: np.ndarray, eligible: np.ndarray, n: int, seed: int, purpose: str) -> np.ndarray:
     """Rows (into the frame) of a systematic equal-probability sample of n of the `eligible` rows.
     strata: one int64 sort key per frame row (coarse to fine)."""
-    _check(n, len(eligible), purpose)
+    _check_n(n, len(eligible), purpose, "census.personas and min_age")
     tie = rng(seed, purpose, "tie-break").permutation(len(strata))
     key = (strata.astype(np.int64) << len(strata).bit_length()) | tie
     rows = eligible[np.argsort(key[eligible], kind="stable")]
@@ -47,7 +38,7 @@ def draw_more_equal(eligible: np.ndarray, exclude: np.ndarray, k: int, seed: int
     if not isinstance(round, (int, np.integer)) or round < 1:
         raise ValueError(f"draw_more: round must be 1, 2, ..., got {round!r}")
     rows = eligible[~exclude[eligible]]
-    _check(k, len(rows), purpose)
+    _check_n(k, len(rows), purpose, "census.personas and min_age")
     u = rng(seed, purpose, "draw_more", int(round)).random(len(exclude))[rows]
     return rows[np.argsort(u, kind="stable")[:k]]
 
