@@ -12,7 +12,7 @@ from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
 
-from .recipe import ModelConfig, Recipe
+from .recipe import ExecutorConfig, ModelConfig, Recipe
 
 
 def _spec(m: ModelConfig, path: str, revision: str | None) -> ModelSpec:
@@ -98,7 +98,8 @@ def server_backend(m: ModelConfig) -> ServerBackend:
     if key is not None and not os.environ.get(key):
         raise ServerError(f"model {m.id}: api_key_env names {key}, which is not set in the environment "
                           f"(the API key for {m.servers[0]})")
-    spec = ServerSpec(urls=m.servers, model=m.id, api_key=os.environ[key] if key else None, timeout_s=m.timeout_s)
+    spec = ServerSpec(urls=m.servers, model=m.id, api_key=os.environ[key] if key else None, timeout_s=m.timeout_s,
+                      **({} if m.in_flight is None else {"in_flight": m.in_flight}))
     if spec not in _SERVERS:
         backend = ServerBackend(spec)
         _SERVERS[spec] = backend, backend.check()
@@ -149,6 +150,10 @@ def with_executor(recipe: Recipe, kind: str | None = None, address: str | None =
             raise ExecutorError(f"{flag}: {RETIRED}")
     if recipe.executor.kind == "ray" and kind is None:
         raise ExecutorError(f"{recipe.path}: executor.kind = 'ray': {RETIRED}")
+    for name in ("replicas", "address", "timeout_s"):  # the pool's settings: nothing reads them now
+        value = getattr(recipe.executor, name)
+        if value != getattr(ExecutorConfig(), name):
+            raise ExecutorError(f"{recipe.path}: executor.{name} = {value!r}: {RETIRED}")
     return recipe
 
 

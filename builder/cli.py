@@ -59,12 +59,12 @@ class Persona:
         then `persona build` with `server = "URL"` under each [models.*] of the recipe."""
         from .backends import model_spec
         from .recipe import load_recipe
-        from .serve import serve, stop
+        from .serve import serve, serve_in_flight, stop
         r = load_recipe(recipe)
         url = serve(r, lambda m: model_spec(m)[0], replicas=replicas, address=address, host=host, port=port,
                     device=device)
         print(f'persona serve: {", ".join(sorted({m.id for m in r.models.values()}))} at {url}: '
-              f'set server = "{url}" under [models.*] of {recipe}', flush=True)
+              f'set server = "{url}"{serve_in_flight(replicas)} under [models.*] of {recipe}', flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generation.backends.engine import EngineSettings
+from generation.backends.server import MAX_IN_FLIGHT
 from generation.census import CensusError, resolve_states
 from generation.census.uk import SPECS as UK_SPECS
 from generation.errors import PersonaError
@@ -41,6 +42,9 @@ class ModelConfig(EngineSettings):
     server: str | list[str] | None = None
     api_key_env: str | None = None   # the environment variable holding the server's API key (never the key)
     timeout_s: float = 600.0         # a server request retried for this long before the build stops
+    # requests in flight per server URL (None: generation.backends.server.PER_SERVER); a `persona serve` URL
+    # fronts --replicas engines, so it takes replicas x PER_SERVER (the command prints it)
+    in_flight: int | None = None
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -58,6 +62,9 @@ class RoleConfig:
     # text added to every request of the role as a system message (after the stage's own system text, if
     # any): a small model's recipe asks for short answers here; None keeps the stage's messages as they are
     system: str | None = None
+    # this role's tries for one answer (an unusable output or a cut-off one each take one); None: the
+    # recipe's output.max_attempts
+    max_attempts: int | None = None
 
     def sampling(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -357,6 +364,7 @@ def _validate_models(r: Recipe) -> None:
         _need(_finite(rc.temperature) and rc.temperature >= 0, f"{key}.temperature", ">= 0", rc.temperature)
         _need(0 < rc.top_p <= 1, f"{key}.top_p", "in (0, 1]", rc.top_p)
         _need(rc.system is None or bool(rc.system.strip()), f"{key}.system", "a non-empty text", rc.system)
+        _need(rc.max_attempts is None or rc.max_attempts >= 1, f"{key}.max_attempts", ">= 1", rc.max_attempts)
         limit = r.models[rc.model].max_model_len
         # the prompt needs at least one token of the context too
         _need(1 <= rc.max_tokens < limit, f"{key}.max_tokens",
@@ -371,6 +379,7 @@ def _validate_server(key: str, m: ModelConfig) -> None:
     a secret: only the scheme and host of a URL with credentials, never a key-looking api_key_env."""
     if m.server is None:
         _need(m.api_key_env is None, f"{key}.api_key_env", "unset without server", m.api_key_env)
+        _need(m.in_flight is None, f"{key}.in_flight", "unset without server", m.in_flight)
         return
     _need(bool(m.servers), f"{key}.server", "a URL or a non-empty list of URLs", m.server)
     for i, url in enumerate(m.servers):
@@ -394,6 +403,8 @@ def _validate_server(key: str, m: ModelConfig) -> None:
         raise RecipeError(f"{key}.api_key_env: must name an environment variable (e.g. VLLM_API_KEY: capitals, "
                           f"digits, '_'), not hold the key itself; the value is not shown here")
     _need(_finite(m.timeout_s) and m.timeout_s > 0, f"{key}.timeout_s", "> 0 seconds", m.timeout_s)
+    _need(m.in_flight is None or 1 <= m.in_flight <= MAX_IN_FLIGHT,
+          f"{key}.in_flight", f"a whole number from 1 to {MAX_IN_FLIGHT:,} (requests in flight per server)", m.in_flight)
 
 
 CENSUS_FORMATS = ("acs-pums", *UK_SPECS)

@@ -43,6 +43,10 @@ class RunnerConfig:
     def model_for(self, role: str) -> ModelConfig:
         return self.models[self.roles[role].model]
 
+    def attempts(self, role: str) -> int:
+        """How many tries one answer of `role` gets: the role's max_attempts, else output.max_attempts."""
+        return self.roles[role].max_attempts or self.max_attempts
+
 
 def request_for(cfg: RunnerConfig, role: str, ask: Ask, model_revision: str | None, attempt: int = 0) -> ChatRequest:
     """The request id hashes everything that determines the answer: role, model + revision, the engine
@@ -211,7 +215,7 @@ class _Loop:
             if self.reparse_failed:
                 log.warning(f"{self.reparse_failed:,} stored answer(s) of {self.r.store.path} failed today's parser: "
                             f"each was asked again with its next derived seed, or rejected after "
-                            f"{self.r.cfg.max_attempts} attempts (the reason is in the store and the rejects)")
+                            f"its role's max_attempts (the reason is in the store and the rejects)")
         except Exception:
             # a backend that gave up (a server gone for good): the answers already checked are valid, keep them
             with contextlib.suppress(Exception):
@@ -270,7 +274,7 @@ class _Loop:
                 reason = _reason(e)
                 self.reparse_failed += 1
                 self.r.store.supersede(s.request_id)
-                if s.attempts < self.r.cfg.max_attempts:
+                if s.attempts < self.r.cfg.attempts(need.role):
                     self.waiting[s.request_id] = idx
                     self.queue(_Pending(need, self.r.request(need, s.attempts), s.attempts), min(idx))
                     return
@@ -342,7 +346,7 @@ class _Loop:
                 reason = _reason(e)
                 # the next attempt's seed, keeping a budget a truncation retry may have raised
                 retry = dataclasses.replace(self.r.request(need, p.attempt + 1), max_tokens=req.max_tokens)
-        if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.max_attempts:
+        if reason is not None and retry is not None and p.attempt + 1 < self.r.cfg.attempts(need.role):
             self.queue(_Pending(need, retry, p.attempt + 1, p.wasted + res.output_tokens), min(self.waiting[req.id]))
             return
         s = Stored(req.id, need.role, need.ask.key, reason is None, res.text, reason, p.attempt + 1,

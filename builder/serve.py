@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from generation.backends.engine import ModelSpec, engine_args, engine_env
+from generation.backends.server import PER_SERVER
 from generation.errors import PersonaError
 
 from .recipe import Recipe
@@ -88,6 +89,12 @@ def llm_config_args(s: Served, replicas: int, on: str) -> dict:
     if on == "cpu":
         args["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     return args
+
+
+def serve_in_flight(replicas: int) -> str:
+    """What the recipe adds beside `server =` for an app of `replicas` replicas behind its one URL: the
+    client keeps PER_SERVER requests in flight per URL, which would starve all but one replica."""
+    return "" if replicas == 1 else f" and in_flight = {replicas * PER_SERVER}"
 
 
 def cluster_device(resources: dict) -> str:

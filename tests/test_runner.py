@@ -126,6 +126,18 @@ def test_a_truncated_answer_is_retried_with_a_larger_budget_then_rejected(tmp_pa
     assert run.summary()["responder"]["rejects"] == {"truncated": 1}
 
 
+def test_a_roles_max_attempts_overrides_the_recipes(tmp_path):
+    """roles.reviser.max_attempts = 2: one retry at twice the budget, then the reject; other roles keep 3."""
+    backend = Backend(finish=lambda req: "length")
+    run = runner(tmp_path, backend)
+    run.cfg = dataclasses.replace(run.cfg, roles={**run.cfg.roles, "reviser": RoleConfig(model="m", max_tokens=16,
+                                                                                       max_attempts=2)})
+    revised, answered = run("reviser", [build_ask("a")])["a"], run("responder", [build_ask("b")])["b"]
+    budgets = [r.max_tokens for kind, r in backend.log if kind == "submit"]
+    assert budgets == [16, 32, 16, 32, 64]
+    assert (revised.ok, revised.attempts, answered.ok, answered.attempts) == (False, 2, False, 3)
+
+
 def test_retries_and_the_tokens_they_threw_away_are_counted_per_role_and_stored(tmp_path):
     class Cut(Backend):  # a cut-off answer is exactly max_tokens long
         def poll(self):

@@ -4,7 +4,7 @@ import pytest
 
 from builder.backends import model_spec
 from builder.recipe import load_recipe
-from builder.serve import ROUTER, Served, ServeError, llm_config_args, served_models
+from builder.serve import ROUTER, Served, ServeError, llm_config_args, serve_in_flight, served_models
 from generation.backends.engine import ModelSpec, engine_args
 
 from .helpers import edited, one_line_error, recipe_data, write_recipe
@@ -52,6 +52,12 @@ def test_gpu_replicas_get_vllm_defaults_and_their_gpus(monkeypatch):
     assert env["VLLM_BATCH_INVARIANT"] == "1" and "HF_HUB_OFFLINE" not in env
 
 
+def test_the_printed_line_scales_the_clients_calls_with_the_replicas():
+    """One URL fronts all replicas, and the client keeps in_flight calls open per URL (default 128)."""
+    assert serve_in_flight(1) == ""
+    assert serve_in_flight(8) == " and in_flight = 1024"
+
+
 def test_a_model_is_served_once_under_its_recipe_id(tmp_path):
     data = recipe_data(tmp_path)
     data["models"]["j"] = dict(data["models"]["m"])  # the same model under two names: one deployment
@@ -86,4 +92,8 @@ def test_the_old_ray_executor_points_to_persona_serve(tmp_path):
     old = write_recipe(tmp_path / "old.toml", edited(recipe_data(tmp_path), {"executor.kind": "ray", "executor.replicas": 2}))
     line = one_line_error(persona("build", "--recipe", old, "--out", tmp_path / "o", "--work", tmp_path / "w"))
     assert line == f"persona: error: {old}: executor.kind = 'ray': {RETIRED}"
+    for key, value in (("replicas", 2), ("address", "auto"), ("timeout_s", 60.0)):  # the pool's own settings
+        old = write_recipe(tmp_path / "old.toml", edited(recipe_data(tmp_path), {f"executor.{key}": value}))
+        line = one_line_error(persona("build", "--recipe", old, "--out", tmp_path / "o", "--work", tmp_path / "w"))
+        assert line == f"persona: error: {old}: executor.{key} = {value!r}: {RETIRED}"
     assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()

@@ -138,9 +138,12 @@ def test_other_4xx_are_real_errors_at_once_and_redacted():
     assert "HTTP 401" in str(e.value) and KEY not in str(e.value) and len(srv.seen) == 1
 
 
-def test_prompt_too_long_is_a_result_counted_by_tokenize():
-    too_long = {"error": {"message": "This model's maximum context length is 64 tokens. However, your prompt "
-                                     "contains 99 input tokens, which exceeds this limit", "code": 400}}
+@pytest.mark.parametrize("message", [
+    "This model's maximum context length is 64 tokens. However, your prompt contains 99 input tokens, which exceeds this limit",
+    "max_tokens must be at least 1, got 0.",  # Ray Serve LLM 2.60: the context left to the answer was 0 tokens
+])
+def test_prompt_too_long_is_a_result_counted_by_tokenize(message):
+    too_long = {"error": {"message": message, "code": 400}}
     srv = Scripted([(400, too_long)], tokenize={"count": 98})
     try:
         [res] = client(srv.url).generate([REQ])
@@ -227,6 +230,36 @@ def test_recipe_server_fields_are_checked_when_read(tmp_path, shared_data):
         tmp_path, {"models.m.server": "http://a/v1", "models.m.path": str(tmp_path)})
     assert "models.m.timeout_s: must be > 0 seconds" in recipe_error(
         tmp_path, {"models.m.server": "http://a/v1", "models.m.timeout_s": 0})
+    for bad in (0, 10**6):
+        assert "models.m.in_flight: must be a whole number from 1 to 8,192" in recipe_error(
+            tmp_path, {"models.m.server": "http://a/v1", "models.m.in_flight": bad})
+    assert "models.m.in_flight: expected int, got float 2.5" in recipe_error(
+        tmp_path, {"models.m.server": "http://a/v1", "models.m.in_flight": 2.5})
+    assert "models.m.in_flight: must be unset without server" in recipe_error(
+        tmp_path, {"models.m.path": str(tmp_path), "models.m.in_flight": 256})
+
+
+def test_in_flight_bounds_the_calls_per_server():
+    """A `persona serve` URL fronts several replicas: the recipe's in_flight (per URL) sets how many calls
+    the client keeps open there, one thread each; the default is PER_SERVER."""
+    from builder.backends import server_backend
+    from builder.recipe import ModelConfig
+    from generation.backends.server import PER_SERVER
+    srv, other = Scripted([(200, completion())]), Scripted([(200, completion())])
+    try:
+        backend = ServerBackend(ServerSpec(urls=(srv.url, other.url), model="test/model", in_flight=3))
+        assert backend.capacity == 6
+        backend.submit([ChatRequest(id=f"r{i}", messages=REQ.messages, seed=i) for i in range(20)])
+        assert len(backend.workers) == 6
+        got = []
+        while len(got) < 20:
+            got += backend.poll()
+        assert sorted(r.id for r in got) == sorted(f"r{i}" for i in range(20))
+        assert server_backend(ModelConfig(id="test/model", server=srv.url)).capacity == PER_SERVER
+        assert server_backend(ModelConfig(id="test/model", server=srv.url, in_flight=512)).capacity == 512
+    finally:
+        srv.shutdown()
+        other.shutdown()
 
 
 # ------------------------------------------------------------------------------- a real vLLM server

@@ -58,5 +58,7 @@ def generate_all(backend: Backend, requests: list[ChatRequest]) -> list[Result]:
 
 PROMPT_TOO_LONG = "prompt_too_long"
 # vLLM 0.32's refusals of a prompt that does not fit max_model_len (VLLMValidationError, raised by the chat
-# renderer or the input processor; the server answers HTTP 400 with the same text)
-TOO_LONG = re.compile(r"maximum (context|model) length")
+# renderer or the input processor; the server answers HTTP 400 with the same text). Behind Ray Serve LLM a
+# prompt that leaves no room for one output token arrives as "max_tokens must be at least 1, got 0": the
+# server cut our max_tokens to the context left (every request asks for >= 1: the recipe checks it).
+TOO_LONG = re.compile(r"maximum (context|model) length|max_tokens must be at least 1, got (0|-[0-9]+)\b")

@@ -39,6 +39,7 @@ from . import PROMPT_TOO_LONG, TOO_LONG, ChatRequest, Result, generate_all
 from .engine import ModelSpec, engine_args
 
 PER_SERVER = 128        # requests in flight per server: enough for vLLM to fill its batch, few threads
+MAX_IN_FLIGHT = 8192    # bound on a recipe's in_flight (a thread per request in flight)
 BACKOFF_MAX_S = 8.0     # the longest wait between two tries
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 CHARS_PER_TOKEN = 256   # generous bound on one token's text: a longer answer for its max_tokens is no answer
@@ -61,6 +62,7 @@ class ServerSpec:
     model: str                   # the served model name (the recipe's model id)
     api_key: str | None = field(default=None, repr=False)  # never shown
     timeout_s: float = 600.0     # bound on retrying one request, and on one HTTP call
+    in_flight: int = PER_SERVER  # requests in flight per URL (one thread each)
 
 
 def serve_command(spec: ModelSpec, served_name: str | None = None, host: str = "127.0.0.1",
@@ -125,7 +127,7 @@ class ServerBackend:
         if spec.api_key is not None and not (spec.api_key.isprintable() and spec.api_key.isascii()):
             raise ServerError(f"the API key for {spec.urls[0]} holds characters no HTTP header can carry")
         secret(spec.api_key or "")
-        self.capacity = PER_SERVER * len(spec.urls)
+        self.capacity = spec.in_flight * len(spec.urls)
         self.todo: queue.SimpleQueue[ChatRequest] = queue.SimpleQueue()
         self.done: queue.SimpleQueue[Result | Exception] = queue.SimpleQueue()
         self.workers: list[threading.Thread] = []
