@@ -88,6 +88,10 @@ def llm_config_args(s: Served, replicas: int, on: str) -> dict:
     )
     if on == "cpu":
         args["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+        # Ray Serve LLM adds the replica actor's own CPU (default 1) to the first bundle: a CPU replica would
+        # need two logical CPUs, and `--replicas 2` on a 3-CPU private Ray placed one (measured); the actor
+        # runs in its engine's bundle
+        args["deployment_config"]["ray_actor_options"] = {"num_cpus": 0}
     return args
 
 

@@ -27,6 +27,7 @@ def test_cpu_replicas_get_the_in_process_engine_settings():
     assert want["enforce_eager"] and want["enable_chunked_prefill"] is False and want["kv_cache_memory_bytes"] == 1 << 28
     assert cfg.model_id == "test/model" and cfg.model_loading_config.model_source == "/models/tiny"
     assert cfg.accelerator_config.kind == "cpu" and cfg.placement_group_config["bundles"] == [{"CPU": 1}]
+    assert cfg.deployment_config["ray_actor_options"] == {"num_cpus": 0}  # one logical CPU per replica, not two
     assert cfg.deployment_config["num_replicas"] == 2
     assert cfg.deployment_config["request_router_config"]["request_router_class"] == ROUTER
     env = cfg.runtime_env["env_vars"]
@@ -47,6 +48,7 @@ def test_gpu_replicas_get_vllm_defaults_and_their_gpus(monkeypatch):
     assert kw["revision"] == "abc123" and kw["tensor_parallel_size"] == 2 and kw["max_num_seqs"] == 64
     assert not {"enforce_eager", "enable_chunked_prefill", "kv_cache_memory_bytes"} & kw.keys()
     assert cfg.accelerator_config.kind == "gpu" and cfg.placement_group_config is None
+    assert "ray_actor_options" not in cfg.deployment_config
     env = cfg.runtime_env["env_vars"]
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in env and "OMP_NUM_THREADS" not in env
     assert env["VLLM_BATCH_INVARIANT"] == "1" and "HF_HUB_OFFLINE" not in env
