@@ -138,13 +138,19 @@ def arrow_table(df: pd.DataFrame) -> pa.Table:
     """pandas -> Arrow without pandas metadata. pandas 3 string columns arrive as large_string, an
     empty table's text columns as null and a categorical one (a text kept once in memory, see
     pairs.build_pairs) as a dictionary: all are stored as plain `string`, so a split's features do
-    not depend on how many rows it has or how they were held."""
+    not depend on how many rows it has or how they were held. Every list column is a list of texts
+    (imputed_fields, generated_fields, reasons): one whose lists are all empty (a UK build imputes
+    nothing) arrives as list<null> and is stored as list<string>."""
     t = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     def text(tp) -> bool:
         if pa.types.is_dictionary(tp):
             return pa.types.is_string(tp.value_type) or pa.types.is_large_string(tp.value_type)
         return pa.types.is_large_string(tp) or pa.types.is_null(tp)
-    schema = pa.schema([pa.field(f.name, pa.string() if text(f.type) else f.type) for f in t.schema])
+    def stored(tp):
+        if pa.types.is_list(tp) and (text(tp.value_type) or pa.types.is_string(tp.value_type)):
+            return pa.list_(pa.string())
+        return pa.string() if text(tp) else tp
+    schema = pa.schema([pa.field(f.name, stored(f.type)) for f in t.schema])
     return t.cast(schema).replace_schema_metadata(None)
 
 

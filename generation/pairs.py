@@ -233,7 +233,7 @@ def parse_revision(text: str) -> str:
         if m is None:
             raise ValueError("missing REVISED PREFERENCE")
         answer = _clean(text[m.end():])
-        if not answer:
+        if not _words(answer):
             raise ValueError("empty REVISED PREFERENCE")
     check_debris(answer, "revision")
     return answer
@@ -249,7 +249,7 @@ def _json_object(text: str, keys: tuple[str, ...]) -> dict:
     out = {}
     for k in keys:
         v = obj.get(k)
-        if not isinstance(v, str) or not v.strip():
+        if not isinstance(v, str) or not _words(v):
             raise ValueError(f"empty {k.upper()}")
         out[k] = v.strip()
     return out
@@ -279,9 +279,15 @@ def check_debris(text: str, kind: str) -> None:
         raise ValueError(f"template_debris: {m.group(0).strip()[:40]!r}")
 
 
+def _words(text: str) -> bool:
+    """Whether `text` holds a letter or a digit: "{{" or "..." alone is no answer (a small model's JSON
+    field held "{{" and became a chosen answer), and no text of a real one lacks both."""
+    return any(c.isalnum() for c in text)
+
+
 def parse_answer(text: str) -> str:
     answer = text.strip()
-    if not answer:
+    if not _words(answer):
         raise ValueError("empty answer")
     return answer
 

@@ -72,6 +72,9 @@ def test_parse_revision_good(text, expected):
     ("REVISED PREFERENCE:   \n", "empty REVISED PREFERENCE"),
     ("REVISED PREFERENCE: ---", "empty REVISED PREFERENCE"),
     ("Your revised preference: here", "missing REVISED PREFERENCE"),
+    ("REVISED PREFERENCE: {{", "empty REVISED PREFERENCE"),
+    ('{"revised_preference": "{{"}', "empty REVISED_PREFERENCE"),  # SmolLM2's chosen answer in a UK build
+    ('{"revised_preference": " ... "}', "empty REVISED_PREFERENCE"),
 ])
 def test_parse_revision_bad(text, reason):
     with pytest.raises(ValueError, match=f"^{reason}$"):

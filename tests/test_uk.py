@@ -268,6 +268,9 @@ def test_uk_personas_stage_end_to_end_with_a_scripted_model(shared_data, uk_dir,
         "census": len(table)}
     arrow = arrow_table(table)
     assert pa.types.is_struct(arrow.schema.field("provenance").type)
+    # nothing is imputed in a UK build: its empty lists keep the US build's type, not list<null>
+    assert table["imputed_fields"].map(len).eq(0).all()
+    assert arrow.schema.field("imputed_fields").type == arrow.schema.field("generated_fields").type == pa.list_(pa.string())
 
 
 def test_a_recipe_mixing_us_and_ni_sources(census_small, uk_dir, tmp_path, monkeypatch):
