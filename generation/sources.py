@@ -178,10 +178,7 @@ class UkSource:
 
     def sample(self, n: int, seed: int) -> pd.DataFrame:
         seed = int(seed)
-        key = np.zeros(len(self.data), np.int64)
-        for v in UK_STRATA:
-            if v in self.vars:
-                key = key * 16 + self.codes(v)
+        key = sampling.serpentine_key([self.codes(v) for v in UK_STRATA if v in self.vars], 16)
         return self._finish(sampling.sample_equal(key, self.eligible, n, seed, self.spec.key), seed, 0)
 
     def draw_more(self, k: int, seed: int, round: int, exclude) -> pd.DataFrame:

@@ -35,7 +35,7 @@ from .bands import (
     school_band,
 )
 from .draw import METHODS, PAPER_N, PAPER_SEED, _eligible, draw_more, sample_people, systematic_pps
-from .equal import draw_more_equal, fidelity_equal, sample_equal
+from .equal import draw_more_equal, fidelity_equal, sample_equal, serpentine_key
 from .fidelity import FIDELITY, _population_counts, fidelity_report, state_shares, tvd
 from .impute import IMPUTE_AGE_EDGES, IMPUTED, MATCH_LEVELS, impute
 
@@ -44,5 +44,5 @@ __all__ = [
     "IMPUTED", "IMPUTE_AGE_EDGES", "INCOME_BANDS", "MATCH_LEVELS", "METHODS", "PAPER_N", "PAPER_SEED",
     "RACE_BANDS", "REGION_BANDS", "SEX_BANDS", "_eligible", "_population_counts", "age_band", "draw_more", "draw_more_equal",
     "education_band", "employment_band", "fidelity_equal", "fidelity_report", "impute", "income_band", "race_band",
-    "sample_equal", "sample_people", "school_band", "state_shares", "systematic_pps", "tvd",
+    "sample_equal", "sample_people", "school_band", "serpentine_key", "state_shares", "systematic_pps", "tvd",
 ]

@@ -20,6 +20,21 @@ from .draw import _check_n, systematic_pps
 from .fidelity import tvd
 
 
+def serpentine_key(parts: list[np.ndarray], size: int) -> np.ndarray:
+    """One sort key from per-record category indexes (coarse to fine, each < size) in serpentine order: a
+    level runs backwards within every other category of the level above it. In plain nested order every
+    coarse block lists the finer categories in the same order, and a systematic sample whose step is about
+    one coarse block lands at the same place in each: 8 of 8 Northern Ireland personas were women (age
+    band, then sex). Reversing every other block alternates them. Groups stay contiguous."""
+    key = np.zeros(len(parts[0]) if parts else 0, np.int64)
+    flip = np.zeros(len(key), bool)
+    for part in parts:
+        p = np.where(flip, size - 1 - part, part).astype(np.int64)
+        key = key * size + p
+        flip = p % 2 == 1
+    return key
+
+
 def sample_equal(strata: np.ndarray, eligible: np.ndarray, n: int, seed: int, purpose: str) -> np.ndarray:
     """Rows (into the frame) of a systematic equal-probability sample of n of the `eligible` rows.
     strata: one int64 sort key per frame row (coarse to fine)."""
