@@ -2,9 +2,11 @@
 in-process engine (tiny random-weight Llama on CPU).
 
     .venv/bin/python bench/bench_server.py [--requests 128] [--max-tokens 128] [--passes 2] [--model DIR]
+                                           [--serve REPLICAS]
 
-The server is started with `serve_command` (the in-process engine's settings), then killed before the
-in-process engine starts, so the two never share the CPU. Start-up and one warm-up batch are not timed;
+The server is started with `serve_command` (the in-process engine's settings), or with --serve as a Ray
+Serve LLM app of REPLICAS replicas (`persona serve`, builder/serve.py, the client keeping REPLICAS x 128
+requests in flight), then killed before the in-process engine starts, so the two never share the CPU. Start-up and one warm-up batch are not timed;
 the timed part is generate() on all requests, repeated --passes times with the persona prompts changed
 per pass (cold prefix cache each time), best pass kept. Reported: output tokens/s of each, their ratio,
 and whether the texts are identical (they must be: same settings, per-request seeds, fp32).
@@ -12,6 +14,7 @@ and whether the texts are identical (they must be: same settings, per-request se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -48,12 +51,30 @@ def timed(backend, args) -> tuple[float, list[str]]:
     return best, texts
 
 
+def start_server(spec: ModelSpec, port: int, replicas: int | None, tmp: Path) -> subprocess.Popen:
+    """`vllm serve` (serve_command), or `persona serve --replicas N` for a recipe of the model alone."""
+    if replicas is None:
+        cmd, env = serve_command(spec, "tiny", port=port), None
+    else:
+        from tests.helpers import recipe_data, write_recipe
+        data = recipe_data(spec.path)
+        data["models"]["m"].update(id="tiny", max_model_len=spec.max_model_len, kv_cache_gib=spec.kv_cache_gib)
+        recipe = write_recipe(tmp / "recipe.toml", data)
+        cmd = [sys.executable, "-m", "builder.cli", "serve", "--recipe", str(recipe), "--replicas", str(replicas),
+               "--port", str(port)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tempfile.mkdtemp(prefix="bench-ray-"),
+               "RAY_ADDRESS": ""}
+    with open(tmp / "server.log", "wb") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--model", type=Path)
+    ap.add_argument("--serve", type=int, metavar="REPLICAS", help="a Ray Serve LLM app (persona serve) instead")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_server_"))
     if args.model is None:
@@ -65,23 +86,30 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    with open(tmp / "server.log", "wb") as log:
-        proc = subprocess.Popen(serve_command(spec, "tiny", port=port), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = start_server(spec, port, args.serve, tmp)
+    t0 = time.perf_counter()
     try:
-        for _ in range(1200):
+        for _ in range(3600):
             try:
                 urllib.request.urlopen(url + "/models", timeout=2).read()
                 break
             except OSError:
                 assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
                 time.sleep(0.5)
-        server_rate, server_texts = timed(ServerBackend(ServerSpec(urls=(url,), model="tiny")), args)
+        started = time.perf_counter() - t0
+        in_flight = 128 * (args.serve or 1)
+        server_rate, server_texts = timed(ServerBackend(ServerSpec(urls=(url,), model="tiny", in_flight=in_flight)), args)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if args.serve:  # Ctrl-C: the app is deleted and Ray stopped, as a user stops it
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=120)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     engine_rate, engine_texts = timed(Engine(spec), args)
-    print(f"output tokens/s through the server vs the in-process engine on the same requests "
+    what = f"a Ray Serve LLM app of {args.serve} replica(s)" if args.serve else "a vLLM server"
+    print(f"{what}: up in {started:.0f} s; output tokens/s through it vs the in-process engine on the same requests "
           f"({args.requests} requests x max {args.max_tokens} tokens, tiny model, best of {args.passes}): "
           f"server {server_rate:,.0f}, in-process {engine_rate:,.0f} (server/in-process {server_rate / engine_rate:.2f}); "
           f"texts identical: {server_texts == engine_texts}; load {os.getloadavg()[0]:.1f}")
