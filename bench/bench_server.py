@@ -110,7 +110,7 @@ def main() -> None:
     engine_rate, engine_texts = timed(Engine(spec), args)
     what = f"a Ray Serve LLM app of {args.serve} replica(s)" if args.serve else "a vLLM server"
     print(f"{what}: up in {started:.0f} s; output tokens/s through it vs the in-process engine on the same requests "
-          f"({args.requests} requests x max {args.max_tokens} tokens, tiny model, best of {args.passes}): "
+          f"({args.requests} requests x max {args.max_tokens} tokens, model {args.model.name}, best of {args.passes}): "
           f"server {server_rate:,.0f}, in-process {engine_rate:,.0f} (server/in-process {server_rate / engine_rate:.2f}); "
           f"texts identical: {server_texts == engine_texts}; load {os.getloadavg()[0]:.1f}")
 

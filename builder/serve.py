@@ -47,16 +47,17 @@ def served_models(recipe: Recipe, spec_of) -> list[Served]:
     return list(out.values())
 
 
-def replica_env(spec: ModelSpec, on: str) -> dict[str, str]:
+def replica_env(spec: ModelSpec, on: str, threads: int = 1) -> dict[str, str]:
     """The environment of a replica on device `on`: the in-process engine's (engine_env), the driver's
     VLLM_BATCH_INVARIANT (it is in the request ids), offline for a local folder, no progress bars; on CPU
-    one OpenMP thread per replica (two on a shared machine slow an engine 3-10x: scale with replicas)."""
+    `threads` OpenMP threads, the CPUs its bundle reserves (replicas whose threads outnumber the cores slow
+    each other 3-10x)."""
     env = {"TQDM_DISABLE": "1", "VLLM_BATCH_INVARIANT": os.environ.get("VLLM_BATCH_INVARIANT", "0"), **engine_env(on)}
     if os.path.isdir(spec.path):  # a local folder (same path on every node): never ask the Hub
         env["HF_HUB_OFFLINE"] = "1"
     if on == "cpu":
         # vLLM's "auto" binding pins every replica's engine to the node's first core (measured: core ids=[0])
-        env.update(OMP_NUM_THREADS="1", VLLM_CPU_OMP_THREADS_BIND="nobind")
+        env.update(OMP_NUM_THREADS=str(threads), VLLM_CPU_OMP_THREADS_BIND="nobind")
     return env
 
 
@@ -68,12 +69,12 @@ def check_args(replicas: int, device: str | None) -> None:
         raise ServeError(f"--replicas must be >= 1, got {replicas}")
 
 
-def llm_config_args(s: Served, replicas: int, on: str) -> dict:
+def llm_config_args(s: Served, replicas: int, on: str, threads: int = 1) -> dict:
     """The keyword arguments of ray.serve.llm.LLMConfig for `s` on `replicas` replicas of device `on`.
 
     engine_kwargs: engine_args plus what serve_command adds for a server (vLLM's sampling defaults rather
-    than the model's generation_config; prompt-cache counts in usage). On CPU one CPU per replica (Ray
-    Serve LLM's default asks for a GPU); on a GPU tensor_parallel_size GPUs, Ray's default."""
+    than the model's generation_config; prompt-cache counts in usage). On CPU `threads` CPUs per replica
+    (Ray Serve LLM's default asks for a GPU); on a GPU tensor_parallel_size GPUs, Ray's default."""
     check_args(replicas, on)
     kwargs = {**engine_args(s.spec, on), "generation_config": "vllm", "enable_prompt_tokens_details": True}
     if kwargs.get("revision") is None:
@@ -81,18 +82,23 @@ def llm_config_args(s: Served, replicas: int, on: str) -> dict:
     args = dict(
         model_loading_config={"model_id": s.name, "model_source": s.spec.path},
         engine_kwargs=kwargs,
-        runtime_env={"env_vars": replica_env(s.spec, on)},
+        runtime_env={"env_vars": replica_env(s.spec, on, threads)},
         deployment_config={"num_replicas": replicas,
                            # a persona's requests share their leading messages: one replica's prefix cache
                            "request_router_config": {"request_router_class": ROUTER}},
     )
     if on == "cpu":
-        args["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+        args["placement_group_config"] = {"bundles": [{"CPU": threads}]}
         # Ray Serve LLM adds the replica actor's own CPU (default 1) to the first bundle: a CPU replica would
         # need two logical CPUs, and `--replicas 2` on a 3-CPU private Ray placed one (measured); the actor
         # runs in its engine's bundle
         args["deployment_config"]["ray_actor_options"] = {"num_cpus": 0}
     return args
+
+
+def private_threads(replicas: int, models: int) -> int:
+    """OpenMP threads of each CPU replica on a private Ray: this machine's cores shared among them."""
+    return max(1, (os.cpu_count() or 1) // (replicas * models))
 
 
 def serve_in_flight(replicas: int) -> str:
@@ -135,11 +141,14 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
         if address:
             ray.init(address=address, **quiet)
         else:
-            # logical CPUs: one per CPU replica and one for Serve's HTTP ingress, however few cores the machine has
-            need = replicas * len(models) + 1
+            # logical CPUs: each CPU replica's threads and one for Serve's HTTP ingress, however few cores
+            need = replicas * len(models) * private_threads(replicas, len(models)) + 1
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False, **quiet)
     on = device or cluster_device(ray.cluster_resources())
-    app = build_app([llm_config_args(s, replicas, on) for s in models])
+    # a private Ray shares this machine's cores among the replicas (one replica of SmolLM2 on one of two
+    # cores ran at 0.49x the in-process engine, measured); on a cluster one thread each, its nodes unknown here
+    threads = 1 if address else private_threads(replicas, len(models))
+    app = build_app([llm_config_args(s, replicas, on, threads) for s in models])
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(app, name="persona", route_prefix="/", blocking=False)
     # Serve keeps the HTTP options it was first started with on a cluster (measured: a second `persona serve

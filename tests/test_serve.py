@@ -36,6 +36,13 @@ def test_cpu_replicas_get_the_in_process_engine_settings():
     assert env["VLLM_BATCH_INVARIANT"] == "0"
 
 
+def test_cpu_replicas_reserve_the_cpus_their_threads_use():
+    spec = ModelSpec(path="/models/tiny", dtype="float32", max_model_len=2048, kv_cache_gib=0.25)
+    cfg = _llm_config(llm_config_args(Served("test/model", spec), replicas=1, on="cpu", threads=2))
+    assert cfg.placement_group_config["bundles"] == [{"CPU": 2}]
+    assert cfg.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "2"
+
+
 def test_gpu_replicas_get_vllm_defaults_and_their_gpus(monkeypatch):
     """The GPU path's arguments, decided for the replicas' device (not this CPU machine's): no CPU
     workarounds, tensor_parallel_size GPUs per replica (Ray Serve LLM's default placement)."""
