@@ -117,10 +117,12 @@ def test_an_over_long_prompt_is_a_counted_reject_never_retried(short_engine, tmp
 
 @pytest.mark.slow
 def test_smollm2_answers_in_english(tmp_path):
+    # float32, as the recipes run it: in bfloat16 this machine's CPU kernels answered "L'Étoile, la
+    # Marseillaise, ..." three times out of three (2026-12-03), where another machine of this kind said Paris
     code = ("from generation.models import prepare_smollm2\n"
             "from generation.backends import ChatRequest\n"
             "from generation.backends.engine import Engine, ModelSpec\n"
-            "e = Engine(ModelSpec(path=str(prepare_smollm2()), dtype='bfloat16', max_model_len=1024, kv_cache_gib=0.25))\n"
+            "e = Engine(ModelSpec(path=str(prepare_smollm2()), dtype='float32', max_model_len=1024, kv_cache_gib=0.25))\n"
             "r = e.generate([ChatRequest(id='x', seed=1, temperature=0.0, max_tokens=24, messages=[{'role': 'user', 'content': 'What is the capital of France?'}])])\n"
             "print('ANSWER:' + r[0].text)\n")
     p = run_py(["-c", code])
