@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from generation.backends import Backend
 from generation.backends.engine import ModelSpec, batch_invariant, device, engine_args, get_engine, vllm_version
-from generation.backends.server import ServerBackend, ServerError, ServerSpec, serve_command
+from generation.backends.server import PER_SERVER, ServerBackend, ServerError, ServerSpec, serve_command
 from generation.errors import PersonaError
 from generation.log import log
 from generation.models import hub_commit, resolve_model, unpinned_warning
@@ -99,7 +99,7 @@ def server_backend(m: ModelConfig) -> ServerBackend:
         raise ServerError(f"model {m.id}: api_key_env names {key}, which is not set in the environment "
                           f"(the API key for {m.servers[0]})")
     spec = ServerSpec(urls=m.servers, model=m.id, api_key=os.environ[key] if key else None, timeout_s=m.timeout_s,
-                      **({} if m.in_flight is None else {"in_flight": m.in_flight}))
+                      in_flight=m.in_flight or PER_SERVER)
     if spec not in _SERVERS:
         backend = ServerBackend(spec)
         _SERVERS[spec] = backend, backend.check()

@@ -134,6 +134,9 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
     except ImportError as e:
         raise ServeError(f"`persona serve` needs Ray Serve LLM: pip install -e '.[ray]' ({e})") from e
     address = address or os.environ.get("RAY_ADDRESS")
+    # a private Ray shares this machine's cores among the replicas (one replica of SmolLM2 on one of two
+    # cores ran at 0.49x the in-process engine, measured); on a cluster one thread each, its nodes unknown here
+    threads = 1 if address else private_threads(replicas, len(models))
     if not ray.is_initialized():
         # the replicas' vLLM lines stay in Ray's session logs (.../session_latest/logs/serve/): the console
         # keeps the one line that matters, the URL
@@ -142,12 +145,9 @@ def serve(recipe: Recipe, spec_of, replicas: int = 1, address: str | None = None
             ray.init(address=address, **quiet)
         else:
             # logical CPUs: each CPU replica's threads and one for Serve's HTTP ingress, however few cores
-            need = replicas * len(models) * private_threads(replicas, len(models)) + 1
+            need = replicas * len(models) * threads + 1
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, need), include_dashboard=False, **quiet)
     on = device or cluster_device(ray.cluster_resources())
-    # a private Ray shares this machine's cores among the replicas (one replica of SmolLM2 on one of two
-    # cores ran at 0.49x the in-process engine, measured); on a cluster one thread each, its nodes unknown here
-    threads = 1 if address else private_threads(replicas, len(models))
     app = build_app([llm_config_args(s, replicas, on, threads) for s in models])
     ray_serve.start(http_options={"host": host, "port": port})
     ray_serve.run(app, name="persona", route_prefix="/", blocking=False)

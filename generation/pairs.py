@@ -418,9 +418,9 @@ def build_pairs(personas: pd.DataFrame, prompts: pd.DataFrame, assignment: pd.Da
     rejects = [d.reject for d in done if d.reject is not None]
     revisable, critiqued = sum(d.revisions > 0 for d in done), sum(d.critiqued for d in done)
     retries = sum(max(d.revisions - 1, 0) for d in done)
-    # rows sorted before the frame is made: the frame copies every text once (into Arrow), where sorting
-    # the frame would copy them all again (a paper-size build holds ~1.6 GB of text per copy).
-    # (persona_id, prompt_id) is unique per pair, so the order is the one the frame's sort gave.
+    # rows sorted before the frame is made: sorting the frame would copy every text (a paper-size build
+    # holds ~1.6 GB of text per copy). (persona_id, prompt_id) is unique per pair, so the order is the one
+    # the frame's sort gave.
     rows = sorted((d.row for d in done if d.row is not None),
                   key=lambda r: (SPLIT_ORDER[r["split"]], r["persona_id"], r["prompt_id"]))
     del done
