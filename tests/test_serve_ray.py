@@ -152,8 +152,10 @@ def test_a_replica_killed_mid_build_is_replaced_and_the_bytes_are_the_same(serve
     assert len(serve.replicas()) == REPLICAS
 
 
-def test_the_app_stopped_mid_build_is_one_line_and_a_rerun_resumes(serve, shared_build, tmp_path):
-    """Last in this module: it stops the app (Ctrl-C), then starts it again for the rerun."""
+def test_the_app_stopped_mid_build_is_one_line_and_keeps_what_was_stored(serve, shared_build, tmp_path):
+    """Last in this module: it stops the app (Ctrl-C). Resuming is the store's and the runner's, whatever
+    serves the model: a build through a real vLLM server killed and rerun gives the in-process bytes
+    (tests/test_server.py). Starting Serve again here to show it once more cost ~60 s of the suite."""
     recipe = server_recipe(tmp_path / "recipe.toml", shared_build, serve.url, in_flight=REPLICAS * 128,
                            timeout_s=60.0)
     out, work = tmp_path / "persona", tmp_path / "work"
@@ -166,8 +168,5 @@ def test_the_app_stopped_mid_build_is_one_line_and_a_rerun_resumes(serve, shared
     # gone too, nothing answers until timeout_s
     assert line.startswith(f"persona: error: {serve.url}/chat/completions: "), line
     assert "HTTP 404: Path '/v1/chat/completions' not found" in line or "no answer within timeout_s = 60 s" in line
-    at_stop = no_answer_twice(work)
-    serve.start()
-    build(recipe, out, work, check=True, timeout=1800)
-    assert no_answer_twice(work) > at_stop
-    assert shard_lines(out) == shard_lines(shared_build["out"])
+    assert no_answer_twice(work) >= stored(work, "responder") > 0
+    assert not out.exists()
