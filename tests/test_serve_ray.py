@@ -153,20 +153,25 @@ def test_a_replica_killed_mid_build_is_replaced_and_the_bytes_are_the_same(serve
 
 
 def test_the_app_stopped_mid_build_is_one_line_and_keeps_what_was_stored(serve, shared_build, tmp_path):
-    """Last in this module: it stops the app (Ctrl-C). Resuming is the store's and the runner's, whatever
-    serves the model: a build through a real vLLM server killed and rerun gives the in-process bytes
-    (tests/test_server.py). Starting Serve again here to show it once more cost ~60 s of the suite."""
+    """Last in this module: it stops the app (Ctrl-C) while the build is frozen (SIGSTOP), so the build cannot
+    finish first (it did once: Serve took 120 s to stop, the build 16 s), then lets the build go on. Resuming
+    is the store's and the runner's whatever serves the model: a build through a real vLLM server killed and
+    rerun gives the in-process bytes (tests/test_server.py); starting Serve again here cost ~60 s."""
     recipe = server_recipe(tmp_path / "recipe.toml", shared_build, serve.url, in_flight=REPLICAS * 128,
-                           timeout_s=60.0)
+                           timeout_s=10.0)
     out, work = tmp_path / "persona", tmp_path / "work"
     proc = start_build(recipe, out, work, stderr=subprocess.PIPE)
     wait_until(lambda: stored(work, "responder") > 0, proc, "responder answers were stored")
-    serve.stop()
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        serve.stop()
+    finally:
+        proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=600)
     line = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
-    # Ctrl-C deletes the app before Ray stops: Serve's proxy answers 404 for it (measured), or, once Ray is
-    # gone too, nothing answers until timeout_s
+    # Serve's proxy answers 404 for a deleted app (measured) while Ray still runs; once Ray is gone nothing
+    # answers, and the build stops after timeout_s
     assert line.startswith(f"persona: error: {serve.url}/chat/completions: "), line
-    assert "HTTP 404: Path '/v1/chat/completions' not found" in line or "no answer within timeout_s = 60 s" in line
+    assert "HTTP 404: Path '/v1/chat/completions' not found" in line or "no answer within timeout_s = 10 s" in line
     assert no_answer_twice(work) >= stored(work, "responder") > 0
     assert not out.exists()
