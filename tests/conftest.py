@@ -1,6 +1,7 @@
 import hashlib
 import os
 import shutil
+import signal
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -8,6 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests press Ctrl-C (SIGINT) on a build and on `persona serve`. A suite started in the background by a
+# non-interactive shell (`make test &`) inherits SIGINT ignored, and every child with it: the build then runs
+# on, and `persona serve` never stops (both seen in a CI run started that way). Python's handler here gives
+# each child the default disposition back, and with it Python's KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # CI and sessions lay the read-only shared data beside the checkout: ../shared/data
 SHARED_DATA = Path(os.environ.get("PERSONA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
