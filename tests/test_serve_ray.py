@@ -154,7 +154,8 @@ def test_a_replica_killed_mid_build_is_replaced_and_the_bytes_are_the_same(serve
 
 def test_the_app_stopped_mid_build_is_one_line_and_keeps_what_was_stored(serve, shared_build, tmp_path):
     """Last in this module: it stops the app (Ctrl-C) while the build is frozen (SIGSTOP), so the build cannot
-    finish first (it did once: Serve took 120 s to stop, the build 16 s), then lets the build go on. Resuming
+    finish first however slowly Serve stops (in a CI run that ignored SIGINT, see tests/conftest.py, Serve
+    took 120 s and the build 16 s), then lets the build go on. Resuming
     is the store's and the runner's whatever serves the model: a build through a real vLLM server killed and
     rerun gives the in-process bytes (tests/test_server.py); starting Serve again here cost ~60 s."""
     recipe = server_recipe(tmp_path / "recipe.toml", shared_build, serve.url, in_flight=REPLICAS * 128,
